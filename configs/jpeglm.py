@@ -1,0 +1,123 @@
+"""JPEG-LM / AVC-LM pretraining configs (Han et al., 2024).
+
+Variants by argument, `size=tiny|small|1b|7b` and `codec=jpeg|avc`:
+
+  jpeglm train --config configs/jpeglm.py:size=7b,codec=jpeg --workdir gs://bucket/run
+  jpeglm train --config configs/jpeglm.py:size=tiny --workdir /tmp/tiny --config.train.steps=50
+
+`7b` is the paper's model: Llama-2 7B dimensions, vocabulary 320 and 12,288 context for
+JPEG, 1024 and 32,768 for H.264. `tiny` runs in seconds on a CPU (tests, demo) on 64x64
+images; `small` is the CPU benchmark shape (d 512, 8 layers).
+"""
+
+import ml_collections
+
+# (d_model, n_layers, n_heads, n_kv_heads, d_ff)
+MODEL_SIZES = {
+    "tiny": (64, 2, 4, 4, 176),
+    "small": (512, 8, 8, 8, 1408),
+    "1b": (2048, 22, 16, 16, 5632),
+    "7b": (4096, 32, 32, 32, 11008),
+}
+# Context and image side per size: the paper's settings at 1b/7b, shrunk for CPU runs.
+JPEG_SHAPES = {"tiny": (512, 64), "small": (1024, 128), "1b": (12288, 256), "7b": (12288, 256)}
+AVC_SHAPES = {"tiny": (1024, (64, 36)), "small": (4096, (128, 72)),
+              "1b": (32768, (256, 144)), "7b": (32768, (256, 144))}
+
+
+def _parse_arg(arg: str | None) -> dict[str, str]:
+  out = {"size": "tiny", "codec": "jpeg"}
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in out:
+      raise ValueError(f"unknown config argument {key!r} in {arg!r}; use size=..., codec=...")
+    out[key] = value
+  if out["size"] not in MODEL_SIZES:
+    raise ValueError(f"size={out['size']!r}: choose one of {sorted(MODEL_SIZES)}")
+  if out["codec"] not in ("jpeg", "avc"):
+    raise ValueError(f"codec={out['codec']!r}: choose jpeg or avc")
+  return out
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = _parse_arg(arg)
+  size, codec_name = args["size"], args["codec"]
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.codec = ml_collections.ConfigDict()
+  c.codec.name = codec_name
+  if codec_name == "jpeg":
+    seq_len, side = JPEG_SHAPES[size]
+    c.codec.size = side
+    c.codec.quality = 25
+    c.codec.subsampling = "4:2:0"
+    c.codec.restart_every_mcu = True
+    c.codec.strip_tables = True
+    vocab = 320
+  else:
+    seq_len, (width, height) = AVC_SHAPES[size]
+    c.codec.width = width
+    c.codec.height = height
+    c.codec.fps = 3
+    c.codec.seconds = 5
+    c.codec.qp = 37
+    vocab = 1024
+
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.path = ""  # empty: trained from data.source into the workdir on first run
+  c.tokenizer.vocab_size = vocab
+  c.tokenizer.num_files = 10_000 if size in ("1b", "7b") else 200
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "builtin:photos" if codec_name == "jpeg" else "builtin:videos"
+  c.data.eval_source = ""  # empty: a held-out slice of data.source
+  c.data.tfds_data_dir = ""
+  c.data.seq_len = seq_len
+  c.data.packing = "concat"  # the paper's concatenate-and-chunk; "document" adds segment ids
+  c.data.num_workers = 0 if size == "tiny" else 2
+  c.data.shuffle = True
+  c.data.max_bad_fraction = 0.1
+
+  d_model, n_layers, n_heads, n_kv_heads, d_ff = MODEL_SIZES[size]
+  c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = vocab
+  c.model.d_model = d_model
+  c.model.n_layers = n_layers
+  c.model.n_heads = n_heads
+  c.model.n_kv_heads = n_kv_heads
+  c.model.d_ff = d_ff
+  c.model.max_len = seq_len
+  c.model.rope_theta = 10_000.0
+  c.model.norm_eps = 1e-5
+  c.model.param_dtype = "float32"
+  c.model.dtype = "float32" if size in ("tiny", "small") else "bfloat16"
+  c.model.attention = "xla" if size in ("tiny", "small") else "cudnn_or_xla"
+  c.model.scan_layers = True
+  c.model.remat = "none" if size in ("tiny", "small") else "full"
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
+  c.mesh.tensor = 1
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = {"tiny": 200, "small": 2000, "1b": 100_000, "7b": 300_000}[size]
+  c.train.global_batch = {"tiny": 8, "small": 8, "1b": 256, "7b": 64}[size]
+  c.train.grad_accum = 1
+  c.train.lr = 3e-4
+  c.train.warmup_steps = {"tiny": 20, "small": 100, "1b": 2000, "7b": 2000}[size]
+  c.train.weight_decay = 0.1
+  c.train.clip = 1.0
+  c.train.z_loss = 0.0
+  c.train.log_every = 10 if size in ("tiny", "small") else 50
+  c.train.eval_every = 100 if size in ("tiny", "small") else 2000
+  c.train.checkpoint_every = 100 if size in ("tiny", "small") else 1000
+  c.train.keep_checkpoints = 3
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.temperature = 1.0
+  c.sample.top_k = 50
+  c.sample.top_p = 1.0
+  c.sample.syntax_safe = False
+  return c

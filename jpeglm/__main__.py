@@ -1,0 +1,3 @@
+from jpeglm.cli import main
+
+raise SystemExit(main())

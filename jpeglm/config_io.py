@@ -1,0 +1,91 @@
+"""Loading run configs: `configs/x.py:arg` files, workdir config.json, `--config.k=v` overrides.
+
+Parsing is ml_collections' own config_flags (types are checked against the config);
+this module only adds clear errors for unknown keys and JSON round trips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from jpeglm.errors import ConfigError
+
+OVERRIDE_PREFIX = "--config."
+
+
+def split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--config.key=value` overrides from other arguments."""
+  overrides, rest = [], []
+  for a in args:
+    (overrides if a.startswith(OVERRIDE_PREFIX) else rest).append(a)
+  return overrides, rest
+
+
+def _check_override_keys(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  for o in overrides:
+    if "=" not in o:
+      raise ConfigError(f"override {o!r} needs a value: {o}=VALUE")
+    key = o[len(OVERRIDE_PREFIX):].split("=", 1)[0]
+    node = config
+    for part in key.split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        raise ConfigError(f"unknown config key {key!r} (from {o})")
+      node = node[part]
+
+
+def _parse(define, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+  argv = ["jpeglm", *overrides]
+  fv = flags.FlagValues()
+  define(fv, argv)
+  try:
+    fv(argv)
+  except flags.Error as e:
+    raise ConfigError(str(e).splitlines()[0]) from None
+  return fv.config
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Loads `path.py[:arg]` and applies overrides (`--config.a.b=v`)."""
+  path = spec.split(":", 1)[0]
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file not found: {path}")
+  base = _parse(
+      lambda fv, argv: config_flags.DEFINE_config_file(
+          "config", default=spec, flag_values=fv, sys_argv=["jpeglm", f"--config={spec}"]),
+      [])
+  _check_override_keys(base, overrides)
+  return _parse(
+      lambda fv, argv: config_flags.DEFINE_config_file(
+          "config", default=spec, flag_values=fv, sys_argv=[argv[0], f"--config={spec}", *argv[1:]]),
+      overrides)
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Sequence[str]) -> ml_collections.ConfigDict:
+  """Returns a copy of `config` with overrides applied (for configs read from a workdir)."""
+  _check_override_keys(config, overrides)
+  if not overrides:
+    return config
+  return _parse(
+      lambda fv, argv: config_flags.DEFINE_config_dict(
+          "config", ml_collections.ConfigDict(config.to_dict()), flag_values=fv, sys_argv=argv),
+      overrides)
+
+
+def save_config(config: ml_collections.ConfigDict, path: str) -> None:
+  with open(path, "w") as f:
+    f.write(config.to_json(indent=2, sort_keys=True))
+    f.write("\n")
+
+
+def read_config(path: str) -> ml_collections.ConfigDict:
+  if not os.path.isfile(path):
+    raise ConfigError(f"no config at {path}: is this a jpeglm workdir?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
