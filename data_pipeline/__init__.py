@@ -1,0 +1,1 @@
+"""Input side of pretraining: media sources -> codec bytes -> tokens -> packed batches."""
