@@ -39,8 +39,9 @@ def _check_override_keys(config: ml_collections.ConfigDict, overrides: Sequence[
       node = node[part]
 
 
-def _parse(define, overrides: Sequence[str]) -> ml_collections.ConfigDict:
-  argv = ["jpeglm", *overrides]
+def _parse(define, argv: Sequence[str]) -> ml_collections.ConfigDict:
+  """Runs absl flag parsing of `argv` on a fresh FlagValues holding one `config` flag."""
+  argv = ["jpeglm", *argv]
   fv = flags.FlagValues()
   define(fv, argv)
   try:
@@ -55,15 +56,18 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   path = spec.split(":", 1)[0]
   if not os.path.isfile(path):
     raise ConfigError(f"config file not found: {path}")
-  base = _parse(
-      lambda fv, argv: config_flags.DEFINE_config_file(
-          "config", default=spec, flag_values=fv, sys_argv=["jpeglm", f"--config={spec}"]),
-      [])
-  _check_override_keys(base, overrides)
-  return _parse(
-      lambda fv, argv: config_flags.DEFINE_config_file(
-          "config", default=spec, flag_values=fv, sys_argv=[argv[0], f"--config={spec}", *argv[1:]]),
-      overrides)
+
+  def define(fv, argv):
+    config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+
+  try:
+    base = _parse(define, [f"--config={spec}"])
+    _check_override_keys(base, overrides)
+    return _parse(define, [f"--config={spec}", *overrides])
+  except (ValueError, TypeError) as e:
+    if isinstance(e, ConfigError):
+      raise
+    raise ConfigError(f"{spec}: {str(e).splitlines()[0]}") from None
 
 
 def apply_overrides(config: ml_collections.ConfigDict,

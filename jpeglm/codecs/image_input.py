@@ -29,7 +29,7 @@ def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
   # "I" holds 32-bit ints: take it as 16-bit data when it exceeds the 8-bit range.
   if image.mode != "I" or values.max(initial=0) > 255:
     values = np.clip(values, 0, 65535) >> 8
-  return Image.fromarray(values.astype(np.uint8), "L").convert("RGB")
+  return Image.fromarray(values.astype(np.uint8)).convert("RGB")
 
 
 def array_to_image(array: np.ndarray) -> Image.Image:
@@ -48,8 +48,7 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     raise CodecError(f"image array dtype {array.dtype} is ambiguous; pass uint8 (0..255)")
   if array.ndim == 3 and array.shape[2] == 1:
     array = array[:, :, 0]
-  mode = "L" if array.ndim == 2 else ("RGB" if array.shape[2] == 3 else "RGBA")
-  return Image.fromarray(np.ascontiguousarray(array), mode)
+  return Image.fromarray(np.ascontiguousarray(array))  # uint8: L, RGB or RGBA by shape
 
 
 def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
@@ -74,7 +73,7 @@ def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
     return _sixteen_bit_to_rgb(image)
   if mode == "F":
     values = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
-    return Image.fromarray(values, "L").convert("RGB")
+    return Image.fromarray(values).convert("RGB")
   return image.convert("RGB")
 
 

@@ -64,8 +64,9 @@ class JpegCodec:
             f"restart_every_mcu={self.restart_every_mcu}, strip_tables={self.strip_tables})")
 
   def _save_options(self) -> dict:
+    # comment=b"": Pillow would otherwise copy a source image's COM segment into the stream.
     options = dict(format="JPEG", quality=self.quality, subsampling=self.subsampling,
-                   optimize=False, progressive=False)
+                   optimize=False, progressive=False, comment=b"")
     if self.restart_every_mcu:
       options["restart_marker_blocks"] = 1
     return options

@@ -1,0 +1,55 @@
+"""Config files with arguments, `--config.k=v` overrides, and workdir JSON round trips."""
+
+import os
+
+import pytest
+
+from jpeglm.config_io import apply_overrides, load_config, read_config, save_config
+from jpeglm.errors import ConfigError
+
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      "jpeglm.py")
+
+
+def test_variants_by_argument():
+  tiny = load_config(f"{CONFIG}:size=tiny")
+  seven = load_config(f"{CONFIG}:size=7b,codec=jpeg")
+  avc = load_config(f"{CONFIG}:size=7b,codec=avc")
+  assert (seven.model.d_model, seven.model.n_layers, seven.model.d_ff) == (4096, 32, 11008)
+  assert (seven.model.vocab_size, seven.data.seq_len) == (320, 12288)
+  assert (avc.model.vocab_size, avc.data.seq_len, avc.codec.name) == (1024, 32768, "avc")
+  assert tiny.model.d_model < seven.model.d_model
+
+
+def test_overrides_are_typed():
+  c = load_config(CONFIG, ["--config.train.lr=1e-3", "--config.codec.quality=50",
+                           "--config.data.source=/data/photos"])
+  assert c.train.lr == 1e-3 and c.codec.quality == 50 and c.data.source == "/data/photos"
+
+
+@pytest.mark.parametrize("override,match", [
+    ("--config.train.nope=1", "unknown config key 'train.nope'"),
+    ("--config.codec.quality=high", "quality"),
+    ("--config.train.lr", "needs a value"),
+])
+def test_bad_overrides(override, match):
+  with pytest.raises(ConfigError, match=match):
+    load_config(CONFIG, [override])
+
+
+def test_bad_argument_and_missing_file(tmp_path):
+  with pytest.raises(Exception, match="size"):
+    load_config(f"{CONFIG}:size=huge")
+  with pytest.raises(ConfigError, match="not found"):
+    load_config(str(tmp_path / "none.py"))
+
+
+def test_workdir_round_trip_and_overrides(tmp_path):
+  c = load_config(f"{CONFIG}:size=tiny")
+  save_config(c, tmp_path / "config.json")
+  back = read_config(tmp_path / "config.json")
+  assert back.to_dict() == c.to_dict()
+  changed = apply_overrides(back, ["--config.sample.syntax_safe=True", "--config.sample.top_k=40"])
+  assert changed.sample.syntax_safe is True and changed.sample.top_k == 40
+  with pytest.raises(ConfigError, match="no config"):
+    read_config(tmp_path / "missing.json")
