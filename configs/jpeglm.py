@@ -78,6 +78,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_workers = 0 if size == "tiny" else 2
   c.data.shuffle = True
   c.data.max_bad_fraction = 0.1
+  c.data.eval_fraction = 0.05  # held out of data.source when eval_source is empty
+  c.data.eval_batches = 4  # batches per evaluation, the same ones every time
+  c.data.tfds_feature = ""  # the tfds feature holding the media; empty: "image" / "video"
 
   d_model, n_layers, n_heads, n_kv_heads, d_ff = MODEL_SIZES[size]
   c.model = ml_collections.ConfigDict()

@@ -1,0 +1,141 @@
+"""One source item -> one training document: decode, RGB, crop, codec, tokenize, BOS..EOS.
+
+Runs inside Grain worker processes, so the encoder pickles as plain settings and builds its
+codec and tokenizer lazily in each process. A bad item never raises here: it becomes an
+`{"error": reason}` record that `bad_inputs.SkipBadInputs` counts and drops.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from typing import Any
+
+import numpy as np
+import sentencepiece as spm
+from PIL import Image, UnidentifiedImageError
+
+from data_pipeline import augment, sources
+from jpeglm.codecs import CodecError, make_codec, open_image, to_rgb
+from jpeglm.tokenizer import ByteTokenizer
+
+
+def image_from_bytes(data: bytes, max_pixels: int, name: str) -> Image.Image:
+  """Like `open_image`, for an encoded image held in memory (a tfds record)."""
+  if not data:
+    raise CodecError(f"{name}: empty image bytes")
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      image = Image.open(io.BytesIO(data))
+      if image.width * image.height > max_pixels:
+        raise CodecError(f"{name}: declared size {image.width}x{image.height} exceeds the "
+                         f"{max_pixels}-pixel limit")
+      image.load()
+  except CodecError:
+    raise
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise CodecError(f"{name}: refused as a decompression bomb ({e})") from None
+  except UnidentifiedImageError:
+    raise CodecError(f"{name}: not an image Pillow can read") from None
+  except (OSError, SyntaxError, ValueError) as e:
+    raise CodecError(f"{name}: unreadable image data ({e})") from None
+  return image
+
+
+class DocumentEncoder:
+  """`(source_index, item, stream_index) -> {"tokens", "source"} | {"error", "source"}`."""
+
+  def __init__(self, codec_settings: dict, tokenizer_model: bytes | None, item_kind: str,
+               augment: bool, seed: int, tfds_feature: str = "image", token_dtype: str = ""):
+    self.codec_settings = dict(codec_settings)
+    self.tokenizer_model = tokenizer_model
+    self.item_kind = item_kind
+    self.augment = augment
+    self.seed = seed
+    self.tfds_feature = tfds_feature
+    self.token_dtype = token_dtype
+    self._codec = None
+    self._tokenizer = None
+
+  def __getstate__(self) -> dict:
+    # Built objects (SentencePiece, codecs) stay behind; each worker rebuilds its own.
+    return {**self.__dict__, "_codec": None, "_tokenizer": None}
+
+  @property
+  def codec(self):
+    if self._codec is None:
+      self._codec = make_codec(self.codec_settings)
+    return self._codec
+
+  @property
+  def tokenizer(self) -> ByteTokenizer | None:
+    if self._tokenizer is None and self.tokenizer_model is not None:
+      self._tokenizer = ByteTokenizer(spm.SentencePieceProcessor(model_proto=self.tokenizer_model))
+    return self._tokenizer
+
+  @property
+  def is_video(self) -> bool:
+    return self.codec_settings.get("name") == "avc"
+
+  # ---- media -> codec bytes -------------------------------------------------------------
+
+  def _image_bytes(self, image: Image.Image, rng: np.random.Generator | None) -> bytes:
+    if rng is not None:
+      image = augment.random_square_crop(to_rgb(image), rng)
+    return self.codec.encode(image)
+
+  def _video_bytes(self, path: str, rng: np.random.Generator | None) -> bytes:
+    if rng is None:
+      return self.codec.encode(path)
+    frames = augment.random_zoom_frames(self.codec.frames_of(path), rng)
+    return self.codec.encode_frames(frames)
+
+  def _video_bytes_from_memory(self, data: bytes, name: str) -> bytes:
+    if not data:
+      raise CodecError(f"{name}: empty video bytes")
+    # PyAV probes containers best from a real file; the temp file lives only for this call.
+    with tempfile.NamedTemporaryFile(suffix=".video") as f:
+      f.write(data)
+      f.flush()
+      return self.codec.encode(f.name)
+
+  def codec_bytes(self, item: Any, name: str, rng: np.random.Generator | None) -> bytes:
+    """The codec stream of a FILE or TFDS_RECORD item (raises CodecError for bad input)."""
+    if self.item_kind == sources.FILE:
+      if self.is_video:
+        if os.path.getsize(item) == 0:
+          raise CodecError(f"{item}: empty file")
+        return self._video_bytes(item, rng)
+      min_side = self.codec_settings.get("size")
+      return self._image_bytes(open_image(item, self.codec.max_pixels, min_side), rng)
+    value = item[self.tfds_feature]
+    if self.is_video:
+      return self._video_bytes_from_memory(bytes(value), name)
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 3:
+      return self._image_bytes(Image.fromarray(value), rng)
+    return self._image_bytes(image_from_bytes(bytes(value), self.codec.max_pixels, name), rng)
+
+  # ---- the whole item -------------------------------------------------------------------
+
+  def item_name(self, source_index: int, item: Any) -> str:
+    return item if self.item_kind == sources.FILE else f"record {source_index}"
+
+  def __call__(self, source_index: int, item: Any, stream_index: int) -> dict:
+    name = self.item_name(source_index, item)
+    if self.item_kind == sources.TOKENS:
+      return {"tokens": self._stored_tokens(item), "source": name}
+    rng = augment.item_rng(self.seed, stream_index) if self.augment else None
+    try:
+      data = self.codec_bytes(item, name, rng)
+    except Exception as e:  # noqa: BLE001 - any failure on one file must only skip that file
+      reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+      return {"error": reason if name in reason else f"{name}: {reason}", "source": name}
+    if self.tokenizer is None:
+      return {"codec_bytes": data, "source": name}
+    return {"tokens": np.asarray(self.tokenizer.encode_document(data), np.int32), "source": name}
+
+  def _stored_tokens(self, record: bytes) -> np.ndarray:
+    return np.frombuffer(record, dtype=self.token_dtype).astype(np.int32)

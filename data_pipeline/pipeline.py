@@ -1,0 +1,159 @@
+"""The trainer's entry points: `make_train_iterator` and `make_eval_iterator`.
+
+source indices -> this process's shard -> shuffle (a new order each epoch) -> repeat ->
+encode (decode, crop, codec, tokenize; in Grain workers) -> skip bad inputs -> pack to
+seq_len -> batch of global_batch / process_count -> worker prefetch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grain
+import ml_collections
+import numpy as np
+
+from data_pipeline import bad_inputs, packing, sources
+from data_pipeline.batch_iterator import BatchIterator
+from data_pipeline.document_encoding import DocumentEncoder
+from jpeglm.errors import JpeglmError
+from jpeglm.tokenizer import ByteTokenizer
+
+# Evaluation data gets its own crop stream, never the training one.
+EVAL_SEED_OFFSET = 1_000_003
+
+
+def media_kind(config: ml_collections.ConfigDict) -> str:
+  return "video" if config.codec.name == "avc" else "image"
+
+
+def process_shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  """This process's (index, count); defaults come from JAX, which must then be importable."""
+  if process_index is None or process_count is None:
+    import jax  # only asked when the caller did not say
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise JpeglmError(f"process_index={process_index} is not in [0, {process_count})")
+  return process_index, process_count
+
+
+def split_source(config: ml_collections.ConfigDict, split: str
+                 ) -> tuple[sources.Source, np.ndarray]:
+  """The source a split reads and the item indices that belong to it."""
+  data = config.data
+  kind = media_kind(config)
+  feature = data.get("tfds_feature", "") or kind
+  if split == "eval" and data.eval_source:
+    source = sources.open_source(data.eval_source, kind, data.tfds_data_dir, feature)
+    return source, np.arange(len(source.items))
+  source = sources.open_source(data.source, kind, data.tfds_data_dir, feature)
+  if data.eval_source:
+    if split not in ("train", "eval"):
+      raise JpeglmError(f"split={split!r}: use train or eval")
+    return source, np.arange(len(source.items))
+  return source, sources.split_indices(len(source.items), split, data.get("eval_fraction", 0.05))
+
+
+class _EncodeAt:
+  """Grain `map_with_index` function: stream position + source index -> document."""
+
+  def __init__(self, encoder: DocumentEncoder, items):
+    self.encoder = encoder
+    self.items = items
+
+  def __call__(self, stream_index: int, source_index) -> dict:
+    source_index = int(source_index)
+    return self.encoder(source_index, self.items[source_index], stream_index)
+
+
+def _check_tokenizer(source: sources.Source, tokenizer: ByteTokenizer | None) -> None:
+  if source.item_kind != sources.TOKENS or tokenizer is None:
+    return
+  import hashlib
+  if hashlib.sha256(tokenizer.serialized()).hexdigest() != source.tokenizer_sha256:
+    raise JpeglmError(f"{source.spec} was tokenized with another tokenizer than "
+                      f"{tokenizer.path or 'the one given'}; use the tokenizer.model next to the "
+                      "shards")
+
+
+@dataclasses.dataclass(frozen=True)
+class Documents:
+  dataset: grain.MapDataset  # {"tokens" | "codec_bytes" | "error", "source"} per position
+  shard_size: int            # items of this process's shard: one epoch
+  source: sources.Source
+
+
+def encoded_documents(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer | None, *,
+                      split: str, process_index: int, process_count: int, shuffle: bool,
+                      repeat: bool, seed: int) -> Documents:
+  """Random-access documents of one process's shard, bad ones as {"error"} records.
+  Without a tokenizer, documents hold `codec_bytes` instead of `tokens`."""
+  source, indices = split_source(config, split)
+  _check_tokenizer(source, tokenizer)
+  shard = indices[process_index::process_count]
+  if len(shard) == 0:
+    raise JpeglmError(f"{split} split of {source.spec} has {len(indices)} items: too few for "
+                      f"{process_count} processes")
+  encoder = DocumentEncoder(
+      dict(config.codec), tokenizer.serialized() if tokenizer is not None else None,
+      source.item_kind, source.augment, seed,
+      tfds_feature=config.data.get("tfds_feature", "") or media_kind(config),
+      token_dtype=source.token_dtype)
+  ds = grain.MapDataset.source(shard)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)  # followed by repeat: a fresh order every epoch
+  if repeat:
+    ds = ds.repeat()
+  return Documents(ds.map_with_index(_EncodeAt(encoder, source.items)), len(shard), source)
+
+
+def _batches(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer, *, split: str,
+             process_index: int | None, process_count: int | None, shuffle: bool, seed: int,
+             num_workers: int) -> grain.IterDataset:
+  process_index, process_count = process_shard(process_index, process_count)
+  global_batch = config.train.global_batch
+  if global_batch % process_count:
+    raise JpeglmError(f"train.global_batch={global_batch} does not split evenly over "
+                      f"{process_count} processes")
+  packing_name = config.data.packing
+  if packing_name not in packing.PACKINGS:
+    raise JpeglmError(f"data.packing={packing_name!r}: choose one of {packing.PACKINGS}")
+  documents = encoded_documents(
+      config, tokenizer, split=split, process_index=process_index, process_count=process_count,
+      shuffle=shuffle, repeat=True, seed=seed)
+  good = bad_inputs.SkipBadInputs(documents.dataset.to_iter_dataset(),
+                                  config.data.max_bad_fraction, documents.shard_size)
+  rows = packing.pack(good.map(packing.to_lm_example), packing_name, config.data.seq_len, seed)
+  batches = rows.batch(global_batch // process_count, drop_remainder=True)
+  batches = batches.map(packing.FinishBatch(packing.piece_lengths(tokenizer)))
+  if num_workers > 0:
+    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return batches
+
+
+def make_train_iterator(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer, *,
+                        process_index: int | None = None, process_count: int | None = None,
+                        split: str = "train") -> BatchIterator:
+  """Endless training batches for this process (see `packing.FinishBatch` for the keys).
+
+  Each batch holds global_batch / process_count rows of this process's disjoint shard;
+  the trainer assembles the global batch (`jax.make_array_from_process_local_data`).
+  """
+  num_workers = config.data.num_workers
+  batches = _batches(config, tokenizer, split=split, process_index=process_index,
+                     process_count=process_count, shuffle=config.data.shuffle, seed=config.seed,
+                     num_workers=num_workers)
+  return BatchIterator(iter(batches), num_workers)
+
+
+def make_eval_iterator(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer, *,
+                       num_batches: int | None = None, process_index: int | None = None,
+                       process_count: int | None = None) -> BatchIterator:
+  """`num_batches` (default data.eval_batches) held-out batches, the same ones on every call:
+  unshuffled, own crop seed, and the same count on every process (no multi-host hang)."""
+  num_batches = config.data.get("eval_batches", 4) if num_batches is None else num_batches
+  batches = _batches(config, tokenizer, split="eval", process_index=process_index,
+                     process_count=process_count, shuffle=False,
+                     seed=config.seed + EVAL_SEED_OFFSET, num_workers=0)
+  return BatchIterator(iter(batches), 0, num_batches=num_batches)

@@ -1,0 +1,80 @@
+"""ArrayRecord shards of token documents, as `jpeglm prepare` writes them.
+
+DIR/
+  train-00000-of-00004.arrayrecord ...  one record per document: BOS..EOS ids, little-endian
+  eval-00000-of-00001.arrayrecord ...   (when the held-out split comes from the same source)
+  tokenizer.model                       the tokenizer the ids belong to
+  meta.json                             token dtype, tokenizer hash, codec, counts
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain
+import numpy as np
+from array_record.python import array_record_module
+
+from jpeglm.errors import JpeglmError
+
+META_FILE = "meta.json"
+SHARD_SUFFIX = ".arrayrecord"
+
+
+def token_dtype(vocab_size: int) -> str:
+  """The smallest little-endian dtype for the ids: 2 bytes per token for any paper vocabulary."""
+  return "<u2" if vocab_size <= 1 << 16 else "<i4"
+
+
+def shard_paths(out_dir: str, split: str, num_shards: int) -> list[str]:
+  return [os.path.join(out_dir, f"{split}-{i:05d}-of-{num_shards:05d}{SHARD_SUFFIX}")
+          for i in range(num_shards)]
+
+
+def shard_glob(out_dir: str, split: str) -> str:
+  return os.path.join(out_dir, f"{split}-*{SHARD_SUFFIX}")
+
+
+def write_meta(out_dir: str, meta: dict[str, Any]) -> None:
+  with open(os.path.join(out_dir, META_FILE), "w") as f:
+    json.dump(meta, f, indent=2, sort_keys=True)
+    f.write("\n")
+
+
+def read_meta(shard_dir: str) -> dict[str, Any]:
+  path = os.path.join(shard_dir, META_FILE)
+  if not os.path.isfile(path):
+    raise JpeglmError(f"{path} is missing: ArrayRecord sources must be written by jpeglm prepare")
+  with open(path) as f:
+    return json.load(f)
+
+
+class ShardWriter:
+  """Writes documents round-robin over `num_shards` files (keeps shards the same size)."""
+
+  def __init__(self, paths: list[str], dtype: str):
+    self._writers = [array_record_module.ArrayRecordWriter(p, "group_size:1") for p in paths]
+    self._dtype = np.dtype(dtype)
+    self._count = 0
+
+  def write(self, tokens: np.ndarray) -> None:
+    self._writers[self._count % len(self._writers)].write(
+        np.asarray(tokens).astype(self._dtype).tobytes())
+    self._count += 1
+
+  def close(self) -> None:
+    for w in self._writers:
+      w.close()
+
+
+def open_shards(paths: list[str]) -> grain.sources.ArrayRecordDataSource:
+  """A random-access source over the records of `paths` (in path order)."""
+  return grain.sources.ArrayRecordDataSource(paths)
+
+
+def read_documents(paths: list[str], dtype: str) -> list[np.ndarray]:
+  """Every document of `paths`, in record order (tests and tools)."""
+  source = open_shards(paths)
+  return [np.frombuffer(source[i], dtype=dtype).astype(np.int32) for i in range(len(source))]

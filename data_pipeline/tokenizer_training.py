@@ -1,0 +1,50 @@
+"""Training the byte BPE from a config's data source (when `tokenizer.path` is empty)."""
+
+from __future__ import annotations
+
+import logging
+
+import grain
+import ml_collections
+
+from data_pipeline import pipeline
+from jpeglm.errors import JpeglmError
+from jpeglm.tokenizer import ByteTokenizer
+
+log = logging.getLogger("jpeglm.data")
+
+
+def codec_streams(config: ml_collections.ConfigDict, num_files: int, num_workers: int = 0
+                  ) -> tuple[list[bytes], list[str]]:
+  """Codec bytes of up to `num_files` training items (a shuffled sample), and the errors of
+  the items that could not be encoded."""
+  documents = pipeline.encoded_documents(
+      config, None, split="train", process_index=0, process_count=1, shuffle=True,
+      repeat=True, seed=config.seed)
+  if documents.source.item_kind != "file" and documents.source.item_kind != "tfds_record":
+    raise JpeglmError(f"{documents.source.spec} holds tokens already; use the tokenizer.model "
+                      "written next to its shards")
+  # Augmented built-in media give a new crop on every pass; a plain source one pass at most.
+  count = num_files if documents.source.augment else min(num_files, documents.shard_size)
+  stream = documents.dataset[:count].to_iter_dataset()
+  if num_workers > 0:
+    stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  streams, errors = [], []
+  for document in stream:
+    if "error" in document:
+      errors.append(document["error"])
+    else:
+      streams.append(document["codec_bytes"])
+  return streams, errors
+
+
+def train_tokenizer_from_source(config: ml_collections.ConfigDict, path: str,
+                                num_workers: int = 0) -> ByteTokenizer:
+  """Trains `config.tokenizer.vocab_size` BPE on `config.tokenizer.num_files` items of
+  `config.data.source` and writes it to `path`."""
+  streams, errors = codec_streams(config, config.tokenizer.num_files, num_workers)
+  for error in errors[:5]:
+    log.warning("tokenizer training skipped: %s", error)
+  if not streams:
+    raise JpeglmError(f"no usable media in {config.data.source} to train a tokenizer on")
+  return ByteTokenizer.train(streams, config.tokenizer.vocab_size, path)
