@@ -121,7 +121,12 @@ class DocumentEncoder:
   # ---- the whole item -------------------------------------------------------------------
 
   def item_name(self, source_index: int, item: Any) -> str:
-    return item if self.item_kind == sources.FILE else f"record {source_index}"
+    if self.item_kind == sources.FILE:
+      return item
+    path = item.get("path") if isinstance(item, dict) else None  # media_folder datasets keep it
+    if isinstance(path, bytes):
+      path = path.decode("utf-8", "replace")
+    return path or f"record {source_index}"
 
   def __call__(self, source_index: int, item: Any, stream_index: int) -> dict:
     name = self.item_name(source_index, item)

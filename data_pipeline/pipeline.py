@@ -13,7 +13,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from data_pipeline import bad_inputs, packing, sources
+from data_pipeline import bad_inputs, packing, sources, workers
 from data_pipeline.batch_iterator import BatchIterator
 from data_pipeline.document_encoding import DocumentEncoder
 from jpeglm.errors import JpeglmError
@@ -127,9 +127,7 @@ def _batches(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer, *, spl
   rows = packing.pack(good.map(packing.to_lm_example), packing_name, config.data.seq_len, seed)
   batches = rows.batch(global_batch // process_count, drop_remainder=True)
   batches = batches.map(packing.FinishBatch(packing.piece_lengths(tokenizer)))
-  if num_workers > 0:
-    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return batches
+  return workers.with_workers(batches, num_workers)
 
 
 def make_train_iterator(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer, *,

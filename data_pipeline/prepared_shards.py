@@ -1,8 +1,8 @@
 """ArrayRecord shards of token documents, as `jpeglm prepare` writes them.
 
 DIR/
-  train-00000-of-00004.arrayrecord ...  one record per document: BOS..EOS ids, little-endian
-  eval-00000-of-00001.arrayrecord ...   (when the held-out split comes from the same source)
+  train-00000.arrayrecord ...  one record per document (BOS..EOS ids, little-endian), in order
+  eval-00000.arrayrecord ...   the held-out split
   tokenizer.model                       the tokenizer the ids belong to
   meta.json                             token dtype, tokenizer hash, codec, counts
 """
@@ -28,11 +28,6 @@ def token_dtype(vocab_size: int) -> str:
   return "<u2" if vocab_size <= 1 << 16 else "<i4"
 
 
-def shard_paths(out_dir: str, split: str, num_shards: int) -> list[str]:
-  return [os.path.join(out_dir, f"{split}-{i:05d}-of-{num_shards:05d}{SHARD_SUFFIX}")
-          for i in range(num_shards)]
-
-
 def shard_glob(out_dir: str, split: str) -> str:
   return os.path.join(out_dir, f"{split}-*{SHARD_SUFFIX}")
 
@@ -52,21 +47,18 @@ def read_meta(shard_dir: str) -> dict[str, Any]:
 
 
 class ShardWriter:
-  """Writes documents round-robin over `num_shards` files (keeps shards the same size)."""
+  """Appends token documents to one ArrayRecord file."""
 
-  def __init__(self, paths: list[str], dtype: str):
-    self._writers = [array_record_module.ArrayRecordWriter(p, "group_size:1") for p in paths]
+  def __init__(self, path: str, dtype: str):
+    # group_size 1: every record is its own chunk, so random access reads one document.
+    self._writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
     self._dtype = np.dtype(dtype)
-    self._count = 0
 
   def write(self, tokens: np.ndarray) -> None:
-    self._writers[self._count % len(self._writers)].write(
-        np.asarray(tokens).astype(self._dtype).tobytes())
-    self._count += 1
+    self._writer.write(np.asarray(tokens).astype(self._dtype).tobytes())
 
   def close(self) -> None:
-    for w in self._writers:
-      w.close()
+    self._writer.close()
 
 
 def open_shards(paths: list[str]) -> grain.sources.ArrayRecordDataSource:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 
-import grain
 import ml_collections
 
-from data_pipeline import pipeline
+from data_pipeline import pipeline, workers
 from jpeglm.errors import JpeglmError
 from jpeglm.tokenizer import ByteTokenizer
 
@@ -26,15 +25,14 @@ def codec_streams(config: ml_collections.ConfigDict, num_files: int, num_workers
                       "written next to its shards")
   # Augmented built-in media give a new crop on every pass; a plain source one pass at most.
   count = num_files if documents.source.augment else min(num_files, documents.shard_size)
-  stream = documents.dataset[:count].to_iter_dataset()
-  if num_workers > 0:
-    stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  stream = workers.with_workers(documents.dataset[:count].to_iter_dataset(), num_workers)
   streams, errors = [], []
-  for document in stream:
-    if "error" in document:
-      errors.append(document["error"])
-    else:
-      streams.append(document["codec_bytes"])
+  with workers.iterate(stream) as documents_iter:
+    for document in documents_iter:
+      if "error" in document:
+        errors.append(document["error"])
+      else:
+        streams.append(document["codec_bytes"])
   return streams, errors
 
 

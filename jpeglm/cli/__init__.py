@@ -17,6 +17,7 @@ from jpeglm.errors import JpeglmError
 # Later issues add their commands here; the order is the order of `jpeglm --help`.
 COMMAND_MODULES = (
     "jpeglm.cli.tokenizer_cmd",
+    "jpeglm.cli.prepare_cmd",
 )
 
 
