@@ -36,10 +36,10 @@ class SplitLongExamples(grain.experimental.FlatMapTransform):
   def __init__(self, seq_len: int):
     self.seq_len = seq_len
 
-  def flat_map(self, example: dict):
+  def flat_map(self, example: dict) -> list[dict]:
     length = len(example["inputs"])
-    for start in range(0, length, self.seq_len):
-      yield {k: v[start:start + self.seq_len] for k, v in example.items()}
+    return [{k: v[start:start + self.seq_len] for k, v in example.items()}
+            for start in range(0, length, self.seq_len)]
 
 
 def pack(examples: grain.IterDataset, packing: str, seq_len: int, seed: int) -> grain.IterDataset:
