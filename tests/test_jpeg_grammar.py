@@ -1,0 +1,85 @@
+"""JpegGrammar: the automaton behind syntax-safe sampling accepts exactly the streams that
+decode completely."""
+
+import numpy as np
+import pytest
+
+from data_pipeline.media_files import builtin_photos
+from jpeglm.codecs import CodecError, JpegCodec, open_image
+from jpeglm.codecs import jpeg_stream
+from jpeglm.codecs.jpeg_grammar import JpegGrammar
+from jpeglm.tokenizer import ByteTokenizer
+
+
+@pytest.fixture(scope="module")
+def small():
+  codec = JpegCodec(size=64)
+  return codec, JpegGrammar(codec)
+
+
+def test_accepts_every_real_photo():
+  codec = JpegCodec()
+  grammar = JpegGrammar(codec)
+  for path in builtin_photos():
+    state = grammar.advance(grammar.start(), codec.encode(open_image(path)))
+    assert grammar.is_complete(state), path
+
+
+def test_rejects_damage_where_it_happens():
+  codec = JpegCodec()
+  grammar = JpegGrammar(codec)
+  stream = codec.encode(open_image(builtin_photos()[0]))
+  header = codec.header(stream)
+  rst = jpeg_stream.scan_layout(stream, header.scan_start).restart_offsets
+  start, end = rst[39] + 2, rst[40]
+  damaged = stream[:start] + b"\xfe" * (end - start) + stream[end:]
+  assert grammar.advance(grammar.start(), damaged[:start]) is not None
+  assert grammar.advance(grammar.start(), damaged[:end]) is None
+  assert grammar.advance(grammar.start(), stream[:rst[5]] + b"\xff\xd3") is None  # wrong RSTn
+  assert grammar.advance(grammar.start(), b"\xff\xd8\xff\xdb") is None  # not our header
+  done = grammar.advance(grammar.start(), stream)
+  assert grammar.advance(done, b"\x00") is None  # nothing after EOI
+
+
+def test_eoi_only_after_last_mcu(small):
+  codec, grammar = small
+  stream = codec.encode(open_image(builtin_photos()[2]))
+  rst = jpeg_stream.scan_layout(stream, codec.header(stream).scan_start).restart_offsets
+  assert grammar.advance(grammar.start(), stream[:rst[3]] + b"\xff\xd9") is None
+  assert grammar.is_complete(grammar.advance(grammar.start(), stream))
+
+
+def test_random_byte_walks_always_decode(small):
+  codec, grammar = small
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    state, out = grammar.start(), bytearray()
+    while not grammar.is_complete(state):
+      choices = [b for b in range(256) if grammar.advance(state, bytes([b])) is not None]
+      assert choices, "the grammar must never reach a dead end"
+      byte = int(rng.choice(choices))
+      out.append(byte)
+      state = grammar.advance(state, bytes([byte]))
+    decoded = codec.decode(bytes(out))
+    assert decoded.complete, decoded.reason
+
+
+def test_random_token_walks_always_decode(small, tmp_path):
+  codec, grammar = small
+  streams = [codec.encode(open_image(p)) for p in builtin_photos()]
+  tokenizer = ByteTokenizer.train(streams, 320, tmp_path / "t.model")
+  pieces = [tokenizer.piece_bytes(i) for i in range(tokenizer.vocab_size)]
+  rng = np.random.default_rng(1)
+  state, ids = grammar.start(), []
+  while not grammar.is_complete(state):
+    mask = grammar.allowed(state, pieces)
+    assert mask.any() and not mask[[tokenizer.bos_id, tokenizer.eos_id, tokenizer.unk_id]].any()
+    token = int(rng.choice(np.flatnonzero(mask)))
+    ids.append(token)
+    state = grammar.advance(state, pieces[token])
+  assert codec.decode(tokenizer.decode(ids)).complete
+
+
+def test_needs_restart_markers():
+  with pytest.raises(CodecError, match="restart"):
+    JpegGrammar(JpegCodec(size=64, restart_every_mcu=False))
