@@ -105,8 +105,9 @@ def test_prepare_shards_hold_the_on_the_fly_documents(photo_folder, tmp_path, so
   assert batch["inputs"].shape == (2, prepared.data.seq_len)
   assert len(list(pipeline.make_eval_iterator(prepared, tokenizer, num_batches=1,
                                               process_index=0, process_count=1))) == 1
-  other = tokenizer_training.train_tokenizer_from_source(
-      tiny_config(source=str(photo_folder)), str(tmp_path / "other.model"))
+  smaller = tiny_config(source=str(photo_folder))
+  smaller.tokenizer.vocab_size = 300
+  other = tokenizer_training.train_tokenizer_from_source(smaller, str(tmp_path / "other.model"))
   assert other.serialized() != tokenizer.serialized()
   with pytest.raises(JpeglmError, match="another tokenizer"):
     pipeline.make_train_iterator(prepared, other, process_index=0, process_count=1)
