@@ -1,0 +1,1 @@
+"""Generation: next-token choice, KV-cache decoding, prompts from images, outputs."""
