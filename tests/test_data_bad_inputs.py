@@ -1,6 +1,5 @@
 """A folder mixing real photos with broken and hostile files: the good ones come through."""
 
-import io
 import os
 import shutil
 import struct

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from data_pipeline import packing, pipeline, tokenizer_training
+from data_pipeline import pipeline, tokenizer_training
 from jpeglm.config_io import load_config
 from jpeglm.errors import JpeglmError
 
