@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import ml_collections
 
@@ -13,7 +14,8 @@ from jpeglm.tokenizer import ByteTokenizer
 log = logging.getLogger("jpeglm.data")
 
 
-def codec_streams(config: ml_collections.ConfigDict, num_files: int, num_workers: int = 0
+def codec_streams(config: ml_collections.ConfigDict, num_files: int, num_workers: int = 0,
+                  progress: Callable[[int], object] | None = None
                   ) -> tuple[list[bytes], list[str]]:
   """Codec bytes of up to `num_files` training items (a shuffled sample), and the errors of
   the items that could not be encoded."""
@@ -33,6 +35,8 @@ def codec_streams(config: ml_collections.ConfigDict, num_files: int, num_workers
         errors.append(document["error"])
       else:
         streams.append(document["codec_bytes"])
+      if progress is not None:
+        progress(1)
   return streams, errors
 
 

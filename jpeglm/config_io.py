@@ -82,6 +82,12 @@ def apply_overrides(config: ml_collections.ConfigDict,
       overrides)
 
 
+def default_config(arg: str = "") -> ml_collections.ConfigDict:
+  """`configs/jpeglm.py:arg` from the installed `configs` package."""
+  from configs import jpeglm as jpeglm_config
+  return jpeglm_config.get_config(arg or None)
+
+
 def save_config(config: ml_collections.ConfigDict, path: str) -> None:
   with open(path, "w") as f:
     f.write(config.to_json(indent=2, sort_keys=True))

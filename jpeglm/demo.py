@@ -21,7 +21,7 @@ from data_pipeline.media_files import builtin_photos
 from jpeglm.codecs import JpegCodec, make_codec, open_image
 from jpeglm.config_io import load_config
 from jpeglm.tokenizer import ByteTokenizer
-from jpeglm.tokenizer_training import default_workers, encode_corpus
+from data_pipeline.tokenizer_training import codec_streams
 
 PROMPT_RATIOS = (0.25, 0.5, 0.75)
 
@@ -49,12 +49,11 @@ def run_codec_demo(out: str, config_spec: str) -> dict:
         f"e.g. {os.path.dirname(paths[0])}")
 
   start = time.perf_counter()
-  corpus = encode_corpus(codec, "builtin:photos", config.tokenizer.num_files, seed=config.seed,
-                         workers=default_workers())
+  streams, _ = codec_streams(config, config.tokenizer.num_files)
   tokenizer_path = os.path.join(out, "tokenizer.model")
-  tokenizer = ByteTokenizer.train(corpus.streams, config.tokenizer.vocab_size, tokenizer_path)
-  print(f"[2/3] tokenizer: vocab {tokenizer.vocab_size} trained on {len(corpus.streams)} "
-        f"{codec.size}x{codec.size} JPEG streams (photos + random crops) in "
+  tokenizer = ByteTokenizer.train(streams, config.tokenizer.vocab_size, tokenizer_path)
+  print(f"[2/3] tokenizer: vocab {tokenizer.vocab_size} trained on {len(streams)} "
+        f"{codec.size}x{codec.size} JPEG streams (random crops and flips of the photos) in "
         f"{time.perf_counter() - start:.1f}s -> {tokenizer_path}")
 
   print(f"[3/3] round trip image -> JPEG bytes -> tokens -> bytes -> image")

@@ -19,7 +19,8 @@ def register(subparsers) -> None:
   train.add_argument("--out", required=True, help="path of the .model file to write")
   train.add_argument("--config", default=None,
                      help="optional run config whose `codec` section sets the codec")
-  train.add_argument("--workers", type=int, default=None, help="encoding processes (default: cores)")
+  train.add_argument("--workers", type=int, default=0,
+                     help="Grain worker processes for encoding (0: in this process)")
   train.add_argument("--seed", type=int, default=0)
   train.set_defaults(func=_train, accepts_overrides=True)
 
@@ -31,46 +32,51 @@ def register(subparsers) -> None:
   inspect.set_defaults(func=_inspect)
 
 
-def _codec_for(args: argparse.Namespace, overrides):
-  from jpeglm.codecs import AvcCodec, JpegCodec, make_codec
-  from jpeglm.config_io import load_config
+def _run_config(args: argparse.Namespace, overrides):
+  """The config whose codec and data sections describe what to train on."""
+  from jpeglm.config_io import default_config, load_config
   from jpeglm.errors import ConfigError
+  from jpeglm.tokenizer import DEFAULT_VOCAB
 
   if args.config:
     config = load_config(args.config, overrides)
     if config.codec.name != args.codec:
       raise ConfigError(f"--codec {args.codec} but the config's codec.name is {config.codec.name}")
-    return make_codec(config.codec)
-  if overrides:
+  elif overrides:
     raise ConfigError("--config.* overrides need --config")
-  return JpegCodec() if args.codec == "jpeg" else AvcCodec()
+  else:
+    config = default_config(f"size=7b,codec={args.codec}")  # the paper's codec settings
+  with config.unlocked():
+    if args.source:
+      config.data.source = args.source
+    config.tokenizer.num_files = args.num_files
+    config.tokenizer.vocab_size = args.vocab_size or DEFAULT_VOCAB[args.codec]
+    config.seed = args.seed
+  return config
 
 
 def _train(args: argparse.Namespace, overrides) -> int:
   from tqdm import tqdm
 
+  from data_pipeline.tokenizer_training import codec_streams
   from jpeglm.errors import JpeglmError
-  from jpeglm.tokenizer import DEFAULT_VOCAB, ByteTokenizer
-  from jpeglm.tokenizer_training import default_workers, encode_corpus
+  from jpeglm.tokenizer import ByteTokenizer
 
-  codec = _codec_for(args, overrides)
-  source = args.source or ("builtin:photos" if args.codec == "jpeg" else "builtin:videos")
-  vocab = args.vocab_size or DEFAULT_VOCAB[args.codec]
+  config = _run_config(args, overrides)
   if args.num_files < 1:
     raise JpeglmError(f"--num-files {args.num_files}: must be at least 1")
-  with tqdm(total=args.num_files, desc=f"encoding {source}", unit="file") as bar:
-    corpus = encode_corpus(codec, source, args.num_files, seed=args.seed,
-                           workers=args.workers or default_workers(), progress=bar.update)
-  for path, reason in corpus.skipped[:5]:
-    print(f"skipped {path}: {reason}")
-  if not corpus.streams:
-    raise JpeglmError(f"no usable files in {source} ({len(corpus.skipped)} skipped)")
-  tokenizer = ByteTokenizer.train(corpus.streams, vocab, args.out)
-  total_bytes = sum(len(s) for s in corpus.streams)
-  total_tokens = sum(len(tokenizer.encode(s)) for s in corpus.streams)
+  with tqdm(total=args.num_files, desc=f"encoding {config.data.source}", unit="file") as bar:
+    streams, errors = codec_streams(config, args.num_files, args.workers, progress=bar.update)
+  for error in errors[:5]:
+    print(f"skipped {error}")
+  if not streams:
+    raise JpeglmError(f"no usable files in {config.data.source} ({len(errors)} skipped)")
+  tokenizer = ByteTokenizer.train(streams, config.tokenizer.vocab_size, args.out)
+  total_bytes = sum(len(s) for s in streams)
+  total_tokens = sum(len(tokenizer.encode(s)) for s in streams)
   print(f"trained {os.path.abspath(args.out)}: vocab {tokenizer.vocab_size}, "
-        f"{len(corpus.streams)} files ({len(corpus.skipped)} skipped), {total_bytes:,} bytes, "
-        f"{total_tokens / len(corpus.streams):,.0f} tokens/file, "
+        f"{len(streams)} files ({len(errors)} skipped), {total_bytes:,} bytes, "
+        f"{total_tokens / len(streams):,.0f} tokens/file, "
         f"{total_bytes / total_tokens:.3f} bytes/token")
   return 0
 

@@ -1,0 +1,1 @@
+"""Run configs, importable so installed tools can find the defaults (`configs.jpeglm`)."""
