@@ -18,6 +18,7 @@ from jpeglm.errors import JpeglmError
 COMMAND_MODULES = (
     "jpeglm.cli.tokenizer_cmd",
     "jpeglm.cli.prepare_cmd",
+    "jpeglm.cli.info_cmd",
 )
 
 
