@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "jpeglm.cli.tokenizer_cmd",
     "jpeglm.cli.prepare_cmd",
     "jpeglm.cli.info_cmd",
+    "jpeglm.cli.train_cmd",
 )
 
 

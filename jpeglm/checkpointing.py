@@ -1,0 +1,128 @@
+"""Orbax checkpoints of a run: train state, data-iterator state and run metadata together.
+
+Each step directory holds three items: `state` (arrays, sharded, async save), `data` (the
+Grain iterator state, JSON) and `meta` (the resolved config and the tokenizer model, so a
+checkpoint alone is enough to sample or export). A damaged latest checkpoint is reported and
+the one before it is used.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jpeglm.errors import JpeglmError
+
+log = logging.getLogger("jpeglm.checkpoints")
+
+
+@dataclasses.dataclass
+class Restored:
+  step: int
+  state: object
+  data: dict | None
+  meta: dict
+
+
+def encode_file(path: str) -> str:
+  with open(path, "rb") as f:
+    return base64.b64encode(f.read()).decode("ascii")
+
+
+def decode_file(text: str, path: str) -> None:
+  with open(path, "wb") as f:
+    f.write(base64.b64decode(text))
+
+
+class Checkpointer:
+  """Saves every call it is given (the caller decides the cadence); keeps the newest `keep`."""
+
+  def __init__(self, directory: str, keep: int = 3, asynchronous: bool = True):
+    self.directory = os.path.abspath(directory) if "://" not in directory else directory
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                             enable_async_checkpointing=asynchronous,
+                                             create=True))
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, data: dict | None, meta: dict) -> None:
+    """Starts an (asynchronous) save; the previous save is finished first by Orbax."""
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    if data is not None:
+      items["data"] = ocp.args.JsonSave(data)
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def read_meta(self, step: int) -> dict:
+    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore(self, abstract_state, check_meta: Callable[[dict], None] | None = None,
+              step: int | None = None, with_data: bool = True) -> Restored | None:
+    """The newest restorable checkpoint (or `step`), onto the shardings of `abstract_state`.
+
+    `check_meta` may raise JpeglmError when the checkpoint belongs to another model; that
+    error is not a damaged checkpoint and is passed on.
+    """
+    candidates = [step] if step is not None else list(reversed(self.steps()))
+    for candidate in candidates:
+      try:
+        meta = self.read_meta(candidate)
+        if check_meta:
+          check_meta(meta)
+        _check_saved_arrays(self._manager.item_metadata(candidate)["state"], abstract_state,
+                            candidate)
+        items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+        if with_data:
+          items["data"] = ocp.args.JsonRestore()
+        restored = self._manager.restore(candidate, args=ocp.args.Composite(**items))
+        return Restored(candidate, restored["state"], restored.get("data") if with_data else None,
+                        restored["meta"])
+      except JpeglmError:
+        raise
+      except Exception as e:  # noqa: BLE001 - any failure to read means "damaged"
+        if step is not None:
+          raise JpeglmError(f"checkpoint {candidate} in {self.directory} cannot be restored: "
+                            f"{str(e).splitlines()[0]}") from None
+        log.warning("checkpoint %d in %s is damaged (%s); trying the one before it", candidate,
+                    self.directory, str(e).splitlines()[0])
+    if candidates:
+      raise JpeglmError(f"no checkpoint in {self.directory} could be restored "
+                        f"(tried steps {candidates})")
+    return None
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _check_saved_arrays(saved, abstract_state, step: int) -> None:
+  """Shapes and dtypes on disk must be what the config builds: Orbax would cast a dtype
+  silently, and its shape error does not say which run the checkpoint came from."""
+  saved_leaves = dict((jax.tree_util.keystr(p), m)
+                      for p, m in jax.tree_util.tree_leaves_with_path(saved))
+  for path, want in jax.tree_util.tree_leaves_with_path(abstract_state):
+    key = jax.tree_util.keystr(path)
+    got = saved_leaves.get(key)
+    if got is None:
+      raise JpeglmError(f"checkpoint {step} has no array {key}: it holds another model")
+    if tuple(got.shape) != tuple(want.shape):
+      raise JpeglmError(f"checkpoint {step}: {key} has shape {tuple(got.shape)}, the config "
+                        f"builds {tuple(want.shape)}: the workdir holds another model shape")
+    if np.dtype(got.dtype) != np.dtype(want.dtype):
+      raise JpeglmError(f"checkpoint {step}: {key} is {got.dtype}, the config asks for "
+                        f"{want.dtype}")

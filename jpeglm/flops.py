@@ -1,0 +1,44 @@
+"""Model FLOPs per token and accelerator peaks, for MFU in the training log.
+
+FLOPs per trained token = 6 N (forward + backward matmuls over the parameters) + 12 L d T
+(attention scores and values over a context of T; PaLM's convention, not halved for the
+causal mask). Embedding lookups are not matmuls, so N counts non-embedding parameters plus
+the output head.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets.
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5e": 197e12,
+    "TPU v5": 459e12,  # v5p
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,  # v6e (Trillium)
+    "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
+}
+
+
+def matmul_params(model: ml_collections.ConfigDict) -> int:
+  d, f, layers = model.d_model, model.d_ff, model.n_layers
+  head_dim = d // model.n_heads
+  attention = d * head_dim * (2 * model.n_heads + 2 * model.n_kv_heads)
+  return layers * (attention + 3 * d * f) + d * model.vocab_size
+
+
+def flops_per_token(model: ml_collections.ConfigDict, seq_len: int) -> float:
+  return 6.0 * matmul_params(model) + 12.0 * model.n_layers * model.d_model * seq_len
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """Peak FLOP/s of one device, or None where unknown (CPUs)."""
+  for name, value in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
+    if device_kind.startswith(name):
+      return value
+  return None

@@ -1,0 +1,59 @@
+"""Where a run's numbers go: metrics.jsonl (one object per logged step), TensorBoard event
+files, and the console. Only the main process writes; the others keep quiet."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+
+class MetricsLog:
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+      from tensorboardX import SummaryWriter  # imported here: only the main process needs it
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+
+  def write(self, step: int, metrics: dict, prefix: str = "") -> None:
+    """One JSON line {"step": step, **metrics} and the same scalars in TensorBoard."""
+    if not self.enabled:
+      return
+    clean = {f"{prefix}{k}": _plain(v) for k, v in metrics.items()}
+    self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
+    for key, value in clean.items():
+      if isinstance(value, (int, float)) and math.isfinite(value):
+        self._tb.add_scalar(key, value, int(step))
+
+  def image(self, step: int, tag: str, image: np.ndarray) -> None:
+    """An HxWx3 uint8 image (e.g. a grid of samples) in TensorBoard."""
+    if self.enabled:
+      self._tb.add_image(tag, image, int(step), dataformats="HWC")
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def _plain(value):
+  if isinstance(value, (np.generic, np.ndarray)):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)  # JSON has no NaN; keep it visible rather than dropping the line
+  return value
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """All lines of WORKDIR/metrics.jsonl."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,69 @@
+"""What a run settles before any compute: the workdir's config and tokenizer.
+
+Checks that a rerun in the same workdir builds the same model (it resumes), that the
+tokenizer's vocabulary is the model's, and writes config.json and tokenizer.model once
+(on process 0). Each mismatch is a one-line JpeglmError naming both values.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+
+import ml_collections
+
+from jpeglm.config_io import read_config, save_config
+from jpeglm.errors import ConfigError, JpeglmError
+from jpeglm.tokenizer import ByteTokenizer
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.model"
+CHECKPOINT_DIR = "checkpoints"
+# Settings that change what a checkpoint holds: a rerun may not change them.
+MODEL_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "param_dtype")
+
+
+def check_same_model(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                     where: str) -> None:
+  for key in MODEL_KEYS:
+    if saved.model.get(key) != config.model.get(key):
+      raise ConfigError(f"{where} holds a run with model.{key}={saved.model.get(key)!r}, this "
+                        f"config has {config.model.get(key)!r}: use another --workdir")
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(path):
+    check_same_model(read_config(path), config, workdir)
+
+
+def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str, is_main: bool,
+                      wait_for_main) -> ByteTokenizer:
+  """The run's tokenizer: config.tokenizer.path, else the workdir's, else trained from the
+  data source by process 0 into the workdir."""
+  target = os.path.join(workdir, TOKENIZER_FILE)
+  given = config.tokenizer.path
+  if given:
+    tokenizer = ByteTokenizer.load(given)
+    if os.path.exists(target) and not filecmp.cmp(given, target, shallow=False):
+      raise JpeglmError(f"{workdir} was trained with another tokenizer than {given}; use "
+                        "another --workdir")
+    if is_main and not os.path.exists(target):
+      shutil.copyfile(given, target)
+  else:
+    if is_main and not os.path.exists(target):
+      from data_pipeline.tokenizer_training import train_tokenizer_from_source
+      print(f"training a {config.tokenizer.vocab_size}-token tokenizer on "
+            f"{config.tokenizer.num_files} files of {config.data.source} -> {target}")
+      train_tokenizer_from_source(config, target, config.data.num_workers)
+    wait_for_main("tokenizer")
+    tokenizer = ByteTokenizer.load(target)
+  if tokenizer.vocab_size != config.model.vocab_size:
+    raise ConfigError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but "
+                      f"model.vocab_size is {config.model.vocab_size}")
+  return tokenizer
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  save_config(config, os.path.join(workdir, CONFIG_FILE))
