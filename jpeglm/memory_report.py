@@ -36,7 +36,7 @@ class MemoryReport:
     return self.total_params - self.embedding_params - self.head_params
 
   def lines(self) -> list[str]:
-    gib = lambda b: f"{b / GIB:,.2f} GiB"
+    gib = lambda b: f"{b / GIB:,.2f} GiB [{b:,} B]"
     mesh = " x ".join(f"{k}={v}" for k, v in self.mesh.items())
     return [
         f"parameters: {self.total_params:,} total",
