@@ -78,6 +78,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_workers = 0 if size == "tiny" else 2
   c.data.shuffle = True
   c.data.max_bad_fraction = 0.1
+  # Data shards the global batch is read as (0: one per process). Fix it to keep the data
+  # order when the number of hosts changes (see data_pipeline/host_batches.py).
+  c.data.num_shards = 0
   c.data.eval_fraction = 0.05  # held out of data.source when eval_source is empty
   c.data.eval_batches = 4  # batches per evaluation, the same ones every time
   c.data.tfds_feature = ""  # the tfds feature holding the media; empty: "image" / "video"
@@ -113,6 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.weight_decay = 0.1
   c.train.clip = 1.0
   c.train.z_loss = 0.0
+  c.train.on_nonfinite = "stop"  # or "skip": drop that step's update and go on
   c.train.log_every = 10 if size in ("tiny", "small") else 50
   c.train.eval_every = 100 if size in ("tiny", "small") else 2000
   c.train.checkpoint_every = 100 if size in ("tiny", "small") else 1000

@@ -46,8 +46,12 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int = 3, asynchronous: bool = True):
     self.directory = os.path.abspath(directory) if "://" not in directory else directory
+    # Handlers named up front: a fresh manager can then read any item's metadata alone.
     self._manager = ocp.CheckpointManager(
         self.directory,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(max_to_keep=keep,
                                              enable_async_checkpointing=asynchronous,
                                              create=True))
@@ -113,10 +117,9 @@ class Checkpointer:
 def _check_saved_arrays(saved, abstract_state, step: int) -> None:
   """Shapes and dtypes on disk must be what the config builds: Orbax would cast a dtype
   silently, and its shape error does not say which run the checkpoint came from."""
-  saved_leaves = dict((jax.tree_util.keystr(p), m)
-                      for p, m in jax.tree_util.tree_leaves_with_path(saved))
+  saved_leaves = dict((_path_name(p), m) for p, m in jax.tree_util.tree_leaves_with_path(saved))
   for path, want in jax.tree_util.tree_leaves_with_path(abstract_state):
-    key = jax.tree_util.keystr(path)
+    key = _path_name(path)
     got = saved_leaves.get(key)
     if got is None:
       raise JpeglmError(f"checkpoint {step} has no array {key}: it holds another model")
@@ -126,3 +129,8 @@ def _check_saved_arrays(saved, abstract_state, step: int) -> None:
     if np.dtype(got.dtype) != np.dtype(want.dtype):
       raise JpeglmError(f"checkpoint {step}: {key} is {got.dtype}, the config asks for "
                         f"{want.dtype}")
+
+
+def _path_name(path) -> str:
+  # Orbax metadata stores namedtuples and lists as dicts: compare paths by their names only.
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)

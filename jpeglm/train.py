@@ -117,6 +117,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     jit_eval = jax.jit(make_eval_step(apply_fn),
                        in_shardings=(layout.shardings["params"], batch_shardings))
 
+  eval_config = ml_collections.ConfigDict(config.to_dict())
+  eval_config.train.global_batch = local_rows
   metrics_log = MetricsLog(workdir, enabled=is_main)
   preemption = PreemptionFlag()
   flops_per_step = flops.flops_per_token(config.model, seq_len) * train.global_batch * seq_len
@@ -138,7 +140,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def evaluate(step: int) -> dict:
     sums = {"nll": 0.0, "tokens": 0.0, "bytes": 0.0}
-    with pipeline.make_eval_iterator(config, tokenizer) as eval_batches:
+    # Every process reads the whole (small) held-out split; identical rows on each process
+    # leave the mean unchanged, and no split is ever too small for the process count.
+    with pipeline.make_eval_iterator(eval_config, tokenizer, process_index=0,
+                                     process_count=1) as eval_batches:
       for local in eval_batches:
         out = jax.device_get(jit_eval(state["params"],
                                       sharding.global_batch_from_local(local, mesh)))
@@ -209,7 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         break
     if pending is not None:
       finish(*pending)
-    if step == train.steps and (not train.eval_every or step % train.eval_every):
+    if step == train.steps and train.eval_every and step % train.eval_every:
       last_logged.update(evaluate(step))
   finally:
     bar.close()

@@ -60,7 +60,7 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
       grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state["params"])
 
     loss = nll / total_weight
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

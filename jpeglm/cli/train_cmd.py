@@ -21,8 +21,10 @@ def _run(args, overrides) -> int:
   distributed.initialize(args)
   from jpeglm.train import train_and_evaluate
 
+  import jax
+
   result = train_and_evaluate(config, args.workdir)
-  if result:
+  if result and jax.process_index() == 0:
     shown = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.items()}
     print(f"done: {shown}")
   return 0

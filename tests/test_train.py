@@ -1,0 +1,189 @@
+"""`jpeglm train`: learning, exact resume after kill -9, multi-process equality, mesh
+changes on restore, damaged checkpoints, preemption, and clear errors before compute."""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from data_pipeline.media_files import builtin_photos
+from jpeglm import model as model_lib, optimizer as opt_lib, sharding
+from jpeglm.cli import main
+from jpeglm.codecs import JpegCodec, open_image
+from jpeglm.config_io import load_config
+from jpeglm.errors import ConfigError
+from jpeglm.tokenizer import ByteTokenizer
+from jpeglm.train import train_and_evaluate
+from jpeglm.train_state import init_state
+from jpeglm.train_step import make_train_step
+from tests.train_helpers import (CONFIG, env_with_devices, free_port, losses, run_train,
+                                 tiny_overrides, train_command)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+  codec = JpegCodec(size=64)
+  streams = [codec.encode(open_image(p)) for p in builtin_photos()]
+  path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
+  ByteTokenizer.train(streams, 320, path)
+  return str(path)
+
+
+def tiny_config(tokenizer_path, **extra):
+  return load_config(CONFIG, tiny_overrides(tokenizer_path, **extra))
+
+
+def _fixed_batch(config, seed=0):
+  rng = np.random.default_rng(seed)
+  shape = (config.train.global_batch, config.data.seq_len)
+  tokens = rng.integers(3, config.model.vocab_size, (shape[0], shape[1] + 1)).astype(np.int32)
+  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+          "segment_ids": np.ones(shape, np.int32),
+          "positions": np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape).copy(),
+          "weights": np.ones(shape, np.float32), "target_tokens": np.full(shape[0], shape[1]),
+          "target_bytes": np.full(shape[0], shape[1])}
+
+
+def _step_fn(config, mesh, grad_accum=1):
+  optimizer = opt_lib.make_optimizer(config.train)
+  state, layout = init_state(config, mesh, optimizer)
+  step = make_train_step(model_lib.make_apply_fn(layout.graphdef, False), optimizer,
+                         opt_lib.learning_rate_schedule(config.train), grad_accum=grad_accum)
+  return state, jax.jit(step)
+
+
+def test_tiny_model_learns_a_repeated_batch(tokenizer_path):
+  config = tiny_config(tokenizer_path, **{"train.steps": 60, "train.lr": 1e-2})
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  state, step = _step_fn(config, mesh)
+  batch = _fixed_batch(config)
+  seen = []
+  with jax.set_mesh(mesh):
+    for _ in range(60):
+      state, metrics = step(state, batch)
+      seen.append(float(metrics["loss"]))
+  assert seen[-1] < 0.5 * seen[0], seen[::10]
+
+
+def test_gradient_accumulation_equals_one_big_batch(tokenizer_path):
+  config = tiny_config(tokenizer_path)
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  batch = _fixed_batch(config, seed=1)
+  one, step1 = _step_fn(config, mesh, 1)
+  four, step4 = _step_fn(config, mesh, 4)
+  with jax.set_mesh(mesh):
+    one, m1 = step1(one, batch)
+    four, m4 = step4(four, batch)
+  np.testing.assert_allclose(float(m1["loss"]), float(m4["loss"]), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(four["params"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_resume_after_kill_matches_uninterrupted(tokenizer_path, tmp_path):
+  overrides = tiny_overrides(tokenizer_path, steps=6)
+  straight = str(tmp_path / "straight")
+  run_train(straight, overrides)
+  killed = str(tmp_path / "killed")
+  proc = subprocess.Popen(train_command(killed, overrides), env=env_with_devices(8),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(os.path.join(killed, "checkpoints", "3")) and 4 in losses(killed):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run ended before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert 6 not in losses(killed)
+  run_train(killed, overrides)
+  want, got = losses(straight), losses(killed)
+  assert sorted(got) == list(range(1, 7))
+  for step in range(1, 7):
+    assert got[step] == want[step], (step, got[step], want[step])  # exact, float32 on CPU
+
+
+def test_two_processes_match_one(tokenizer_path, tmp_path):
+  overrides = tiny_overrides(tokenizer_path, steps=4)
+  single = str(tmp_path / "single")
+  run_train(single, overrides, devices=8)
+  multi = str(tmp_path / "multi")
+  port = free_port()
+  procs = [subprocess.Popen(
+      train_command(multi, overrides, "--coordinator", f"127.0.0.1:{port}", "--num-processes",
+                    "2", "--process-id", str(i)),
+      env=env_with_devices(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  want, got = losses(single), losses(multi)
+  assert sorted(got) == sorted(want) == [1, 2, 3, 4]
+  for step in want:
+    np.testing.assert_allclose(got[step], want[step], rtol=1e-5)
+  # One set of logs and checkpoints: process 0 writes them.
+  assert os.path.isdir(os.path.join(multi, "checkpoints", "3"))
+  with open(os.path.join(multi, "metrics.jsonl")) as f:
+    assert sum(1 for _ in f) == 4
+
+
+def test_restore_onto_another_mesh(tokenizer_path, tmp_path):
+  flat = {"mesh.data": 8, "mesh.fsdp": 1, "mesh.tensor": 1}
+  cube = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
+  straight = str(tmp_path / "straight")
+  train_and_evaluate(tiny_config(tokenizer_path, steps=6, **flat), straight)
+  moved = str(tmp_path / "moved")
+  train_and_evaluate(tiny_config(tokenizer_path, steps=3, **flat), moved)
+  train_and_evaluate(tiny_config(tokenizer_path, steps=6, **cube), moved)
+  want, got = losses(straight), losses(moved)
+  for step in (4, 5, 6):
+    np.testing.assert_allclose(got[step], want[step], rtol=1e-5)
+
+
+def test_damaged_latest_checkpoint_falls_back(tokenizer_path, tmp_path, caplog):
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(tiny_config(tokenizer_path, steps=6), workdir)
+  first = losses(workdir)
+  state_dir = os.path.join(workdir, "checkpoints", "6", "state")
+  for name in os.listdir(state_dir):
+    path = os.path.join(state_dir, name)
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+  with caplog.at_level("WARNING"):
+    train_and_evaluate(tiny_config(tokenizer_path, steps=6), workdir)
+  assert "checkpoint 6" in caplog.text and "damaged" in caplog.text
+  assert losses(workdir)[6] == first[6]  # steps 4..6 trained again from step 3
+
+
+def test_sigterm_saves_and_resumes(tokenizer_path, tmp_path):
+  workdir = str(tmp_path / "run")
+  overrides = tiny_overrides(tokenizer_path, steps=200, **{"train.checkpoint_every": 100})
+  proc = subprocess.Popen(train_command(workdir, overrides), env=env_with_devices(8),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline and not (os.path.exists(metrics) and 2 in losses(workdir)):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0 and "preempted: saved step" in out
+  saved = int(out.split("preempted: saved step ")[1].split(";")[0])
+  assert saved < 100 and os.path.isdir(os.path.join(workdir, "checkpoints", str(saved)))
+
+
+def test_errors_before_compute(tokenizer_path, tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  assert main(["train", "--config", CONFIG, "--workdir", workdir,
+               "--config.train.nonsense=1"]) == 2
+  assert "unknown config key 'train.nonsense'" in capsys.readouterr().err
+  with pytest.raises(ConfigError, match="needs 3 devices|do not divide"):
+    train_and_evaluate(tiny_config(tokenizer_path, **{"mesh.data": 3, "mesh.fsdp": 1}), workdir)
+  with pytest.raises(ConfigError, match="model.vocab_size is 400"):
+    train_and_evaluate(tiny_config(tokenizer_path, **{"model.vocab_size": 400}), workdir)
+  train_and_evaluate(tiny_config(tokenizer_path, steps=3), workdir)
+  with pytest.raises(ConfigError, match="model.d_model=64"):
+    train_and_evaluate(tiny_config(tokenizer_path, **{"model.d_model": 128}), workdir)
