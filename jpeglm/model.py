@@ -26,7 +26,9 @@ from jpeglm.errors import ConfigError
 from jpeglm.sharding import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-ATTENTION_IMPLS = ("einsum", "xla", "cudnn", "cudnn_or_xla")
+ATTENTION_IMPLS = ("einsum", "chunked", "xla", "cudnn", "cudnn_or_xla")
+# Query block of the "chunked" attention: blocks above the causal diagonal are skipped.
+ATTENTION_CHUNK = 128
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -115,21 +117,46 @@ def rotary(x_BxLxNxH: jax.Array, positions_BxL: jax.Array, theta: float) -> jax.
   return out.astype(x_BxLxNxH.dtype)
 
 
-def attention_einsum(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL) -> jax.Array:
-  """Reference attention: explicit causal (and segment) mask, softmax in float32."""
-  b, l, n, h = q_BxLxNxH.shape
-  k_heads = k_BxLxKxH.shape[2]
-  q_BxLxKxGxH = q_BxLxNxH.reshape(b, l, k_heads, n // k_heads, h)
-  logits_BxKxGxLxS = jnp.einsum("blkgh,bskh->bkgls", q_BxLxKxGxH, k_BxLxKxH,
+def attention_einsum(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, segment_ids_BxS, q_offset: int = 0
+                     ) -> jax.Array:
+  """Reference attention: explicit causal (and segment) mask, softmax in float32.
+
+  Queries are positions q_offset .. q_offset + T - 1 of the keys' sequence (0: the same).
+  """
+  b, t, n, h = q_BxTxNxH.shape
+  s, k_heads = k_BxSxKxH.shape[1], k_BxSxKxH.shape[2]
+  q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, k_heads, n // k_heads, h)
+  logits_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
                                 preferred_element_type=jnp.float32) * (h ** -0.5)
-  mask_BxLxS = jnp.tril(jnp.ones((l, l), bool))[None]
-  if segment_ids_BxL is not None:
-    mask_BxLxS = mask_BxLxS & (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])
-  logits_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], logits_BxKxGxLxS,
+  mask_BxTxS = (q_offset + jnp.arange(t)[:, None] >= jnp.arange(s)[None, :])[None]
+  if segment_ids_BxS is not None:
+    q_segments_BxT = segment_ids_BxS[:, q_offset:q_offset + t]
+    mask_BxTxS = mask_BxTxS & (q_segments_BxT[:, :, None] == segment_ids_BxS[:, None, :])
+  logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS,
                                jnp.finfo(jnp.float32).min)
-  probs_BxKxGxLxS = jax.nn.softmax(logits_BxKxGxLxS, axis=-1).astype(v_BxLxKxH.dtype)
-  out_BxLxKxGxH = jnp.einsum("bkgls,bskh->blkgh", probs_BxKxGxLxS, v_BxLxKxH)
-  return out_BxLxKxGxH.reshape(b, l, n, h)
+  probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(v_BxSxKxH.dtype)
+  out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH)
+  return out_BxTxKxGxH.reshape(b, t, n, h)
+
+
+def attention_chunked(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL,
+                      chunk: int = ATTENTION_CHUNK) -> jax.Array:
+  """Causal attention by query blocks, each against only the keys at or before it.
+
+  The same arithmetic as `attention_einsum` row by row, but the blocks above the diagonal
+  are never computed: about half the work and memory of a full L x L at long context.
+  """
+  l = q_BxLxNxH.shape[1]
+  if l <= chunk or l % chunk:
+    return attention_einsum(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL)
+  outs = []
+  for start in range(0, l, chunk):
+    end = start + chunk
+    outs.append(attention_einsum(q_BxLxNxH[:, start:end], k_BxLxKxH[:, :end],
+                                 v_BxLxKxH[:, :end],
+                                 None if segment_ids_BxL is None else segment_ids_BxL[:, :end],
+                                 q_offset=start))
+  return jnp.concatenate(outs, axis=1)
 
 
 def attention_fused(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL, impl: str) -> jax.Array:
@@ -180,6 +207,8 @@ class Block(nnx.Module):
     with jax.named_scope("attention"):
       if cfg.attention == "einsum":
         out_BxLxNxH = attention_einsum(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL)
+      elif cfg.attention == "chunked":
+        out_BxLxNxH = attention_chunked(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL)
       else:
         out_BxLxNxH = attention_fused(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL,
                                       cfg.attention)

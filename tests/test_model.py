@@ -12,7 +12,7 @@ from configs.jpeglm import get_config
 from jpeglm.errors import ConfigError
 from jpeglm.losses import cross_entropy
 from jpeglm.memory_report import abstract_model_state
-from jpeglm.model import ModelConfig, Transformer
+from jpeglm.model import ModelConfig, Transformer, attention_chunked, attention_einsum
 
 B, L = 2, 32
 
@@ -185,3 +185,21 @@ def test_cross_entropy_mask_and_z_loss():
   # Masked positions do not matter.
   changed = logits_.at[0, 3:].set(100.0)
   np.testing.assert_allclose(cross_entropy(changed, targets, weights)[0], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_chunked_attention_equals_einsum(kv_heads):
+  keys = jax.random.split(jax.random.key(0), 3)
+  q = jax.random.normal(keys[0], (2, 40, 4, 8))
+  k, v = (jax.random.normal(key, (2, 40, kv_heads, 8)) for key in keys[1:])
+  seg = jnp.array([[1] * 13 + [2] * 27, [1] * 35 + [0] * 5], jnp.int32)
+  for s in (None, seg):
+    np.testing.assert_allclose(attention_chunked(q, k, v, s, chunk=8),
+                               attention_einsum(q, k, v, s), rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_model_equals_fused_xla_over_several_chunks():
+  model = build(tiny(attention="chunked"))
+  fused = with_cfg(model, tiny(attention="xla"))
+  toks = tokens(2, b=1, l=384)  # 3 blocks of 128
+  np.testing.assert_allclose(logits(model, toks), logits(fused, toks), rtol=1e-5, atol=1e-5)
