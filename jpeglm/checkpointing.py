@@ -15,9 +15,11 @@ import os
 from collections.abc import Callable
 
 import jax
+from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jpeglm import multihost
 from jpeglm.errors import JpeglmError
 
 log = logging.getLogger("jpeglm.checkpoints")
@@ -99,12 +101,27 @@ class Checkpointer:
         if step is not None:
           raise JpeglmError(f"checkpoint {candidate} in {self.directory} cannot be restored: "
                             f"{str(e).splitlines()[0]}") from None
-        log.warning("checkpoint %d in %s is damaged (%s); trying the one before it", candidate,
-                    self.directory, str(e).splitlines()[0])
+        log.warning("checkpoint %d in %s is damaged (%s); moved to %s, trying the one before it",
+                    candidate, self.directory, str(e).splitlines()[0],
+                    self._set_aside(candidate))
     if candidates:
       raise JpeglmError(f"no checkpoint in {self.directory} could be restored "
                         f"(tried steps {candidates})")
     return None
+
+  def _set_aside(self, step: int) -> str:
+    """Renames a damaged step directory (kept for inspection), so the step can be saved anew."""
+    # epath, as Orbax itself uses: the same code renames on local disks and on gs://.
+    target = epath.Path(self.directory) / f"damaged-{step}"
+    if jax.process_index() == 0:
+      source = epath.Path(self.directory) / str(step)
+      if target.exists():
+        target.rmtree()
+      if source.exists():
+        source.rename(target)
+    multihost.barrier(f"set-aside-{step}")
+    self._manager.reload()
+    return str(target)
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -118,6 +135,8 @@ def _check_saved_arrays(saved, abstract_state, step: int) -> None:
   """Shapes and dtypes on disk must be what the config builds: Orbax would cast a dtype
   silently, and its shape error does not say which run the checkpoint came from."""
   saved_leaves = dict((_path_name(p), m) for p, m in jax.tree_util.tree_leaves_with_path(saved))
+  if not saved_leaves:
+    raise OSError(f"checkpoint {step} has no readable array metadata")  # damaged, not foreign
   for path, want in jax.tree_util.tree_leaves_with_path(abstract_state):
     key = _path_name(path)
     got = saved_leaves.get(key)
