@@ -6,7 +6,7 @@ Theirs: `LlamaForCausalLM` (sdpa attention) and `torch.optim.AdamW`, 2 threads. 
 this process; after their warm-up steps, timed steps alternate (ours, theirs, ours, ...) so
 that load from other processes on a shared machine falls on both; medians are reported.
 
-  .venv/bin/python benchmarks/bench_train_step.py [--steps 5] [--attention xla]
+  .venv/bin/python benchmarks/bench_train_step.py [--steps 5] [--attention chunked|xla|einsum]
 
 Timings on a shared 2-core machine move by +-20% between runs: compare the ratio.
 """
@@ -28,7 +28,7 @@ def parse_args():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--steps", type=int, default=5, help="timed steps per framework")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps (the first compiles)")
-  p.add_argument("--attention", default="xla", choices=("xla", "einsum", "chunked"))
+  p.add_argument("--attention", default="chunked", choices=("chunked", "xla", "einsum"))
   p.add_argument("--remat", default="none", choices=("none", "full", "save_matmuls"))
   p.add_argument("--no-scan", action="store_true", help="unroll the layers instead of scanning")
   p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for our side")
