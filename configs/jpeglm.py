@@ -20,7 +20,7 @@ MODEL_SIZES = {
     "7b": (4096, 32, 32, 32, 11008),
 }
 # Context and image side per size: the paper's settings at 1b/7b, shrunk for CPU runs.
-JPEG_SHAPES = {"tiny": (512, 64), "small": (1024, 128), "1b": (12288, 256), "7b": (12288, 256)}
+JPEG_SHAPES = {"tiny": (1024, 64), "small": (1024, 128), "1b": (12288, 256), "7b": (12288, 256)}
 AVC_SHAPES = {"tiny": (1024, (64, 36)), "small": (4096, (128, 72)),
               "1b": (32768, (256, 144)), "7b": (32768, (256, 144))}
 

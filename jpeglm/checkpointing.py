@@ -109,6 +109,30 @@ class Checkpointer:
                         f"(tried steps {candidates})")
     return None
 
+  def restore_params(self, abstract_params, step: int | None = None) -> Restored:
+    """Only the model parameters (no optimizer state, no data state): what sampling and
+    export need, at a third of the memory of a full restore."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise JpeglmError(f"no checkpoint in {self.directory}: train first")
+    if step not in self.steps():
+      raise JpeglmError(f"no checkpoint for step {step} in {self.directory} (have {self.steps()})")
+    item = {"params": abstract_params}
+    restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), item)
+    reader = ocp.CheckpointManager(
+        self.directory, item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                       "data": ocp.JsonCheckpointHandler(),
+                                       "meta": ocp.JsonCheckpointHandler()})
+    try:
+      _check_saved_arrays(reader.item_metadata(step)["state"]["params"], abstract_params, step)
+      restored = reader.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                       partial_restore=True),
+          meta=ocp.args.JsonRestore()))
+    finally:
+      reader.close()
+    return Restored(step, restored["state"]["params"], None, restored["meta"])
+
   def _set_aside(self, step: int) -> str:
     """Renames a damaged step directory (kept for inspection), so the step can be saved anew."""
     # epath, as Orbax itself uses: the same code renames on local disks and on gs://.

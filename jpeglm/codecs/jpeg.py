@@ -138,6 +138,23 @@ class JpegCodec:
     return Decoded(image=image, complete=not problems, reason="; ".join(problems),
                    valid_rows=rows if problems else header.height)
 
+  def standalone(self, data: bytes) -> bytes:
+    """A stream any JPEG viewer opens: the stripped tables spliced back in after SOI."""
+    data = bytes(data)
+    if self.header(data).has_quant_tables:
+      return data
+    return data[:2] + self.tables + data[2:]
+
+  @staticmethod
+  def repair(data: bytes) -> bytes:
+    """What the paper's authors do with sampled bytes: keep the first SOI..EOI span and add
+    a missing SOI or EOI."""
+    data = bytes(data)
+    start = data.find(b"\xff\xd8")
+    data = data[start:] if start >= 0 else b"\xff\xd8" + data
+    end = data.find(b"\xff\xd9", 2)
+    return data[:end + 2] if end >= 0 else data + b"\xff\xd9"
+
   @functools.cached_property
   def _table_segments(self) -> tuple[jpeg_stream.HuffmanTable, ...]:
     return jpeg_stream.parse_header(self._tables_probe, self.max_pixels).huffman_tables
