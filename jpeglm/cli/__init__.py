@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "jpeglm.cli.prepare_cmd",
     "jpeglm.cli.info_cmd",
     "jpeglm.cli.train_cmd",
+    "jpeglm.cli.export_cmd",
     "jpeglm.cli.sample_cmd",
 )
 
