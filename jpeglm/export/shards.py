@@ -76,6 +76,9 @@ class ShardWriter:
 
   def close(self) -> None:
     self._flush()
+    for name in os.listdir(self.out_dir):  # readable like the json files (safetensors: 0600)
+      if name.endswith(".safetensors"):
+        os.chmod(os.path.join(self.out_dir, name), 0o644)
     missing = set(self.plan) - self._added
     if missing:
       raise JpeglmError(f"export wrote no {sorted(missing)[0]}")
@@ -90,17 +93,23 @@ class HfWeights:
   """Reads tensors by name from an HF folder (one file or sharded with an index)."""
 
   def __init__(self, hf_dir: str):
+    from safetensors import safe_open
     index_path = os.path.join(hf_dir, INDEX)
     if os.path.exists(index_path):
       with open(index_path) as f:
-        self.files = dict(json.load(f)["weight_map"])
+        files = sorted(set(json.load(f)["weight_map"].values()))
     elif os.path.exists(os.path.join(hf_dir, SINGLE)):
-      from safetensors import safe_open
-      with safe_open(os.path.join(hf_dir, SINGLE), framework="pt") as f:
-        self.files = {name: SINGLE for name in f.keys()}
+      files = [SINGLE]
     else:
       raise JpeglmError(f"{hf_dir} has no {SINGLE} or {INDEX} (only safetensors weights are "
                         "read; convert .bin files with transformers first)")
+    self.files = {}  # name -> file, from the files' own headers (an index may be stale)
+    for name in files:
+      path = os.path.join(hf_dir, name)
+      if not os.path.exists(path):
+        raise JpeglmError(f"{hf_dir}: {name}, listed in {INDEX}, is missing")
+      with safe_open(path, framework="pt") as f:
+        self.files.update({key: name for key in f.keys()})
     self.hf_dir = hf_dir
 
   def names(self) -> set[str]:
