@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from configs.jpeglm import get_config
+from jpeglm.export import hf_layout
 from jpeglm.model import ModelConfig, Transformer
 
 torch = pytest.importorskip("torch")
@@ -18,26 +19,10 @@ pytestmark = pytest.mark.export
 
 
 def hf_state_dict(model: Transformer) -> dict:
-  """Our parameters in Hugging Face Llama names and layouts (reshape + transpose only)."""
-  cfg = model.cfg
-  t = lambda x: torch.from_numpy(np.asarray(x, np.float32).copy())
-  b = model.blocks
-  out = {"model.embed_tokens.weight": t(model.embed[...]),
-         "model.norm.weight": t(model.final_norm[...]),
-         "lm_head.weight": t(model.lm_head[...].T)}
-  for i in range(cfg.n_layers):
-    p = f"model.layers.{i}."
-    flat = lambda w: w.reshape(cfg.d_model, -1).T  # [D, heads, H] -> [heads * H, D]
-    out[p + "self_attn.q_proj.weight"] = t(flat(b.q_DxNxH[...][i]))
-    out[p + "self_attn.k_proj.weight"] = t(flat(b.k_DxKxH[...][i]))
-    out[p + "self_attn.v_proj.weight"] = t(flat(b.v_DxKxH[...][i]))
-    out[p + "self_attn.o_proj.weight"] = t(b.o_NxHxD[...][i].reshape(-1, cfg.d_model).T)
-    out[p + "mlp.gate_proj.weight"] = t(b.gate_DxF[...][i].T)
-    out[p + "mlp.up_proj.weight"] = t(b.up_DxF[...][i].T)
-    out[p + "mlp.down_proj.weight"] = t(b.down_FxD[...][i].T)
-    out[p + "input_layernorm.weight"] = t(b.attn_norm[...][i])
-    out[p + "post_attention_layernorm.weight"] = t(b.mlp_norm[...][i])
-  return out
+  """Our parameters in Hugging Face Llama names and layouts (the export's own mapping)."""
+  params = nnx.to_pure_dict(nnx.split(model)[1])
+  return {name: torch.from_numpy(np.asarray(x, np.float32))
+          for name, x in hf_layout.hf_state_dict(params, model.cfg).items()}
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
