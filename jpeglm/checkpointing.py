@@ -90,10 +90,13 @@ class Checkpointer:
         _check_saved_arrays(self._manager.item_metadata(candidate)["state"], abstract_state,
                             candidate)
         items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-        if with_data:
+        # Imported weights come without a data state: their data starts from the beginning.
+        has_data = (epath.Path(self.directory) / str(candidate) / "data").exists()
+        if with_data and has_data:
           items["data"] = ocp.args.JsonRestore()
         restored = self._manager.restore(candidate, args=ocp.args.Composite(**items))
-        return Restored(candidate, restored["state"], restored.get("data") if with_data else None,
+        return Restored(candidate, restored["state"],
+                        restored.get("data") if with_data and has_data else None,
                         restored["meta"])
       except JpeglmError:
         raise

@@ -5,6 +5,8 @@
    (full images and the paper's row-cut prompts).
 2. Pretrain the tiny config on random crops of the photos (64x64) on the CPU for a few
    minutes, and draw its loss curve. Rerunning resumes (or finds the run finished).
+3. Sample from it: completions of real photos cut at half their rows, and unconditional
+   images with and without syntax-safe decoding, counting how many decode completely.
 
   python -m jpeglm.demo --out demo_out
 """
@@ -57,7 +59,7 @@ def run_codec_demo(out: str, config_spec: str) -> dict:
         f"{codec.size}x{codec.size} JPEG streams (random crops and flips of the photos) in "
         f"{time.perf_counter() - start:.1f}s -> {tokenizer_path}")
 
-  print(f"[3/3] round trip image -> JPEG bytes -> tokens -> bytes -> image")
+  print("[3/3] round trip image -> JPEG bytes -> tokens -> bytes -> image")
   print(f"      {'photo':24s} {'size':>9s} {'bytes':>6s} {'tokens':>6s}  lossless")
   totals = {"files": 0, "bytes": 0, "tokens": 0, "lossless": 0}
   rows = []
@@ -136,6 +138,27 @@ def run_training_demo(out: str, config_spec: str) -> dict:
   return result
 
 
+def run_sampling_demo(out: str) -> dict:
+  from jpeglm.config_io import apply_overrides, read_config
+  from jpeglm.sampling.run import sample_from_workdir
+
+  workdir = os.path.join(out, "run")
+  config = read_config(os.path.join(workdir, "config.json"))
+  photos = builtin_photos()[:4]
+  rates = {}
+  for name, overrides, prompts in (
+      ("completions", ["--config.sample.syntax_safe=True"], photos),
+      ("unconditional_free", ["--config.sample.syntax_safe=False"], []),
+      ("unconditional_syntax_safe", ["--config.sample.syntax_safe=True"], [])):
+    target = os.path.join(out, "samples", name)
+    records = sample_from_workdir(workdir, apply_overrides(config, overrides), target, prompts,
+                                  ratio=0.5, num_samples=1 if prompts else 8, seed=0)
+    rates[name] = (sum(r["complete"] for r in records), len(records))
+    print(f"[sample] {name:26s} {rates[name][0]}/{rates[name][1]} decode completely -> "
+          f"{target}/grid.png")
+  return rates
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="demo_out")
@@ -146,6 +169,7 @@ def main() -> None:
   run_codec_demo(args.out, args.config)
   if not args.skip_training:
     run_training_demo(args.out, args.config)
+    run_sampling_demo(args.out)
   print(f"demo finished in {time.perf_counter() - started:.0f}s; everything is in {args.out}/")
 
 

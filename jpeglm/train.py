@@ -10,7 +10,6 @@ the same workdir resumes where the last checkpoint left off.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 

@@ -102,7 +102,9 @@ def _skip_scaling_list(r: BitReader, size: int) -> None:
 
 def parse_sps(payload: bytes) -> Sps:
   r = BitReader(rbsp(payload[1:]))
-  profile, _constraints, level = r.u(8), r.u(8), r.u(8)
+  profile = r.u(8)
+  r.u(8)  # constraint flags
+  level = r.u(8)
   r.ue()  # seq_parameter_set_id
   if profile in _HIGH_PROFILES:
     chroma = r.ue()

@@ -63,7 +63,8 @@ def import_hf(hf_dir: str, workdir: str, config: ml_collections.ConfigDict | Non
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, run_setup.CHECKPOINT_DIR), asynchronous=False)
   try:
-    checkpointer.save(0, state, _initial_data_state(config, tokenizer), {
+    # No data state: a run resumed from an imported checkpoint reads its data from the start.
+    checkpointer.save(0, state, None, {
         "config": config.to_dict(),
         "tokenizer": checkpointing.encode_file(tokenizer.path), "step": 0})
   finally:
@@ -134,20 +135,6 @@ def _tokenizer_path(hf_dir: str, config: ml_collections.ConfigDict, cfg: ModelCo
                       f"vocab_size is {cfg.vocab_size}")
   return path
 
-
-def _initial_data_state(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer) -> dict:
-  """The data iterator's state before its first batch, as the trainer would save it (the
-  trainer restores `data` together with `state`, so a checkpoint without it is unusable)."""
-  from jpeglm.train import _train_iterator  # the trainer's own construction, so states match
-  try:
-    batches = _train_iterator(config, tokenizer)
-  except JpeglmError as e:
-    raise JpeglmError(f"cannot open the training data to start its iterator ({e}); pass "
-                      "--config.data.source=...") from None
-  try:
-    return batches.get_state()
-  finally:
-    batches.close()
 
 
 def _read_json(folder: str, name: str) -> dict:

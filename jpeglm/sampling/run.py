@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 
-import jax
 import ml_collections
 from PIL import Image
 
