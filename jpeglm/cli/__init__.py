@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "jpeglm.cli.train_cmd",
     "jpeglm.cli.export_cmd",
     "jpeglm.cli.sample_cmd",
+    "jpeglm.cli.eval_cmd",
 )
 
 

@@ -1,0 +1,29 @@
+"""`eval.json` as a table for the terminal."""
+
+from __future__ import annotations
+
+SMALL_SET_NOTE = ("FID is biased upward on small sets (here {n} images against the paper's "
+                  "1,000-5,000); compare numbers only at equal image counts and sizes.")
+
+
+def format_table(report: dict) -> str:
+  """ratio | FID | valid-decode rate | tokens/s, then bits per byte and the small-set note."""
+  seeds = report["seeds"]
+  header = ("ratio", "rows", f"FID (mean of {len(seeds)} seed{'s' * (len(seeds) > 1)})",
+            "valid-decode rate", "tokens/s")
+  lines = [header]
+  for r in report["results"]:
+    fid = f"{r['fid']:.2f}" + (f" +- {r['fid_std']:.2f}" if len(seeds) > 1 else "")
+    lines.append((f"{r['ratio']:g}", str(r["prompt_rows"]), fid,
+                  f"{r['valid_decode_rate']:.3f}", f"{r['tokens_per_second']:,.0f}"))
+  widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+  rows = [" | ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines]
+  rows.insert(1, "-+-".join("-" * w for w in widths))
+  sample = report["sample"]
+  return "\n".join([
+      f"step {report['step']}, {report['num_images']} images from {report['images']} at "
+      f"{report['codec_size']}x{report['codec_size']}, syntax_safe={sample.get('syntax_safe')}",
+      *rows,
+      f"bits per byte on the whole images: {report['bits_per_byte']:.4f}; tokens/s is wall "
+      "time of generation, compilation included",
+      f"note: {report['note']}"])
