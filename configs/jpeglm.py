@@ -119,6 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.clip = 1.0
   c.train.z_loss = 0.0
   c.train.on_nonfinite = "stop"  # or "skip": drop that step's update and go on
+  c.train.time_budget_minutes = 0.0  # > 0: save and stop after this long (rerun resumes)
   c.train.log_every = 10 if size in ("tiny", "small") else 50
   c.train.eval_every = 100 if size in ("tiny", "small") else 2000
   c.train.checkpoint_every = 100 if size in ("tiny", "small") else 1000

@@ -94,7 +94,9 @@ def run_codec_demo(out: str, config_spec: str) -> dict:
 
 
 # The tiny config, tuned to learn visibly within minutes on two CPU cores.
+# A time budget keeps `make demo` within minutes on a slow or busy machine.
 DEMO_TRAINING = ("--config.train.steps=300", "--config.train.lr=3e-3",
+                 "--config.train.time_budget_minutes=6",
                  "--config.train.warmup_steps=30", "--config.train.log_every=10",
                  "--config.train.eval_every=100", "--config.train.checkpoint_every=100")
 

@@ -181,6 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       window.reset()
 
   step = start_step
+  started = time.perf_counter()
+  budget = 60.0 * float(train.get("time_budget_minutes", 0) or 0)
   try:
     while step < train.steps:
       waited = time.perf_counter()
@@ -202,14 +204,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if train.eval_every and step % train.eval_every == 0:
         evaluate(step)
       stop = preemption.requested
+      out_of_time = budget > 0 and time.perf_counter() - started > budget
       if jax.process_count() > 1 and step % train.log_every == 0:
-        stop = multihost.any_process(stop)
-      if stop and step < train.steps:
+        stop, out_of_time = multihost.any_process(stop), multihost.any_process(out_of_time)
+      if (stop or out_of_time) and step < train.steps:
         if pending is not None:
           finish(*pending)
           pending = None
         save(step)
-        print(f"\npreempted: saved step {step}; rerun the same command to resume")
+        why = "preempted" if stop else f"time budget of {train.time_budget_minutes} min reached"
+        if is_main:
+          print(f"\n{why}: saved step {step}; rerun the same command to resume")
         break
     if pending is not None:
       finish(*pending)

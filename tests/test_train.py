@@ -186,3 +186,11 @@ def test_errors_before_compute(tokenizer_path, tmp_path, capsys):
   train_and_evaluate(tiny_config(tokenizer_path, steps=3), workdir)
   with pytest.raises(ConfigError, match="model.d_model=64"):
     train_and_evaluate(tiny_config(tokenizer_path, **{"model.d_model": 128}), workdir)
+
+
+def test_time_budget_saves_and_stops(tokenizer_path, tmp_path):
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(tiny_config(tokenizer_path, steps=6, **{"train.time_budget_minutes": 1e-4}),
+                     workdir)
+  assert sorted(losses(workdir)) == [1]
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "1"))
