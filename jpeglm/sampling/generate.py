@@ -43,8 +43,13 @@ class Generator:
   """Samples continuations of token prompts from one set of parameters."""
 
   def __init__(self, params: dict, cfg: ModelConfig, eos_id: int, max_len: int,
-               settings: SamplingSettings, grammar=None, pieces: Sequence[bytes] | None = None):
+               settings: SamplingSettings, grammar=None, pieces: Sequence[bytes] | None = None,
+               banned: Sequence[int] = ()):
+    """`banned`: ids never generated (unk and bos: neither stands for bytes)."""
     self.params = params
+    base = np.ones(cfg.vocab_size, bool)
+    base[list(banned)] = False
+    self._base_allowed_V = jnp.asarray(base)
     self.cfg = cfg
     self.eos_id = eos_id
     self.max_len = max_len
@@ -62,6 +67,8 @@ class Generator:
   def _step_impl(self, params, cache, logits_BxV, slot, pad_B, done_B, key, allowed_BxV):
     """Chooses the token for `slot`, then runs it through the model for slot + 1."""
     s = self.settings
+    allowed_BxV = (self._base_allowed_V[None, :] if allowed_BxV is None
+                   else allowed_BxV & self._base_allowed_V[None, :])
     token_B = choose(key, logits_BxV, s.temperature, s.top_k, s.top_p, allowed_BxV)
     token_B = jnp.where(done_B, self.eos_id, token_B)
     logits_Bx1xV, cache = kv_cache.forward(params, self.cfg, token_B[:, None], slot, pad_B, cache)

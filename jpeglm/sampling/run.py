@@ -55,7 +55,8 @@ def make_generator(run: LoadedRun, codec) -> Generator:
   return Generator(run.params, model_lib.ModelConfig.from_config(run.config.model),
                    run.tokenizer.eos_id, run.config.model.max_len,
                    SamplingSettings(float(s.temperature), int(s.top_k), float(s.top_p)),
-                   grammar=grammar, pieces=pieces)
+                   grammar=grammar, pieces=pieces,
+                   banned=(run.tokenizer.unk_id, run.tokenizer.bos_id))
 
 
 def _record(i: int, g: Generation, complete: bool, reason: str, extra: dict) -> dict:
