@@ -7,42 +7,17 @@ codec and tokenizer lazily in each process. A bad item never raises here: it bec
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
-import warnings
 from typing import Any
 
 import numpy as np
 import sentencepiece as spm
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from data_pipeline import augment, sources
-from jpeglm.codecs import CodecError, make_codec, open_image, to_rgb
+from jpeglm.codecs import CodecError, image_from_bytes, make_codec, open_image, to_rgb
 from jpeglm.tokenizer import ByteTokenizer
-
-
-def image_from_bytes(data: bytes, max_pixels: int, name: str) -> Image.Image:
-  """Like `open_image`, for an encoded image held in memory (a tfds record)."""
-  if not data:
-    raise CodecError(f"{name}: empty image bytes")
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      image = Image.open(io.BytesIO(data))
-      if image.width * image.height > max_pixels:
-        raise CodecError(f"{name}: declared size {image.width}x{image.height} exceeds the "
-                         f"{max_pixels}-pixel limit")
-      image.load()
-  except CodecError:
-    raise
-  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-    raise CodecError(f"{name}: refused as a decompression bomb ({e})") from None
-  except UnidentifiedImageError:
-    raise CodecError(f"{name}: not an image Pillow can read") from None
-  except (OSError, SyntaxError, ValueError) as e:
-    raise CodecError(f"{name}: unreadable image data ({e})") from None
-  return image
 
 
 class DocumentEncoder:

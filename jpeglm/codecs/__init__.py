@@ -2,10 +2,11 @@
 
 from jpeglm.codecs.decoded import Decoded
 from jpeglm.codecs.errors import CodecError
-from jpeglm.codecs.image_input import open_image, to_rgb
+from jpeglm.codecs.image_input import image_from_bytes, open_image, to_rgb
 from jpeglm.codecs.jpeg import JpegCodec
 
-__all__ = ["AvcCodec", "CodecError", "Decoded", "JpegCodec", "make_codec", "open_image", "to_rgb"]
+__all__ = ["AvcCodec", "CodecError", "Decoded", "JpegCodec", "image_from_bytes", "make_codec",
+           "open_image", "to_rgb"]
 
 
 def __getattr__(name):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -86,13 +87,27 @@ def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
   """
   name = os.fspath(path)
   try:
-    if os.path.getsize(name) == 0:
-      raise CodecError(f"{name}: empty file")
+    empty = os.path.getsize(name) == 0
+  except OSError as e:
+    raise CodecError(f"{name}: cannot open ({e})") from None
+  if empty:
+    raise CodecError(f"{name}: empty file")
+  return _load_checked(lambda: Image.open(name), name, max_pixels, min_side)
+
+
+def image_from_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image",
+                     min_side: int | None = None) -> Image.Image:
+  """`open_image` for an encoded image held in memory (a dataset record); `name` for errors."""
+  if not data:
+    raise CodecError(f"{name}: empty image bytes")
+  return _load_checked(lambda: Image.open(io.BytesIO(data)), name, max_pixels, min_side)
+
+
+def _load_checked(opener, name: str, max_pixels: int, min_side: int | None) -> Image.Image:
+  try:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
-      image = Image.open(name)
-  except CodecError:
-    raise
+      image = opener()
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise CodecError(f"{name}: refused as a decompression bomb ({e})") from None
   except UnidentifiedImageError:
