@@ -129,7 +129,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   bar = tqdm(total=train.steps, initial=start_step, disable=not is_main, unit="step",
              dynamic_ncols=True)
 
+  saved_at = [start_step]
+
   def save(step: int) -> None:
+    if saved_at[0] == step:
+      return  # already saved at this step (a checkpoint step that is also a stop)
+    saved_at[0] = step
     began = time.perf_counter()
     data_state = {"shards": {}}
     for part in multihost.merge_json(batches.get_state()):

@@ -190,7 +190,9 @@ def test_errors_before_compute(tokenizer_path, tmp_path, capsys):
 
 def test_time_budget_saves_and_stops(tokenizer_path, tmp_path):
   workdir = str(tmp_path / "run")
-  train_and_evaluate(tiny_config(tokenizer_path, steps=6, **{"train.time_budget_minutes": 1e-4}),
+  # The budget runs out at step 1, which is also a checkpoint step: saved once, no clash.
+  train_and_evaluate(tiny_config(tokenizer_path, steps=6, **{"train.time_budget_minutes": 1e-4,
+                                                               "train.checkpoint_every": 1}),
                      workdir)
   assert sorted(losses(workdir)) == [1]
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "1"))
