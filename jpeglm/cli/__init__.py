@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "jpeglm.cli.export_cmd",
     "jpeglm.cli.sample_cmd",
     "jpeglm.cli.eval_cmd",
+    "jpeglm.cli.compile_check_cmd",
 )
 
 
