@@ -9,6 +9,7 @@ the same workdir resumes where the last checkpoint left off.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -191,6 +192,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step = start_step
   started = time.perf_counter()
   budget = 60.0 * float(train.get("time_budget_minutes", 0) or 0)
+  # The steps trace (and run) with the mesh set, so the model's sharding constraints apply.
+  scope = contextlib.ExitStack()
+  scope.enter_context(jax.set_mesh(mesh))
   try:
     while step < train.steps:
       waited = time.perf_counter()
@@ -229,6 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if step == train.steps and train.eval_every and step % train.eval_every:
       last_logged.update(evaluate(step))
   finally:
+    scope.close()
     bar.close()
     checkpointer.close()
     batches.close()
