@@ -11,18 +11,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jpeglm.losses import token_losses
+
 LN2 = math.log(2.0)
-
-
-def token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array
-                 ) -> tuple[jax.Array, jax.Array]:
-  """(sum of weighted next-token NLL in nats, sum of weighted log(Z)^2), in float32."""
-  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-  log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-  target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-  nll = jnp.sum((log_z_BxL - target_logit_BxL) * weights_BxL)
-  z_squared = jnp.sum(jnp.square(log_z_BxL) * weights_BxL)
-  return nll, z_squared
 
 
 def _micro_batches(batch: dict, count: int) -> dict:

@@ -8,11 +8,7 @@ import sys
 
 import pytest
 
-from data_pipeline.media_files import builtin_photos
-from jpeglm.codecs import JpegCodec
-from jpeglm.codecs.image_input import open_image
-from jpeglm.tokenizer import ByteTokenizer
-from tests.train_helpers import CONFIG, REPO, tiny_overrides
+from tests.train_helpers import CONFIG, REPO, tiny_overrides, train_tiny_tokenizer
 
 LAUNCH = os.path.join(REPO, "launch")
 CONFIG_7B = "configs/jpeglm.py:size=7b"
@@ -116,11 +112,7 @@ def test_gpu_refuses_a_mesh_larger_than_the_nodes():
 
 @pytest.fixture(scope="module")
 def tokenizer_path(tmp_path_factory):
-
-  codec = JpegCodec(size=64)
-  path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
-  ByteTokenizer.train([codec.encode(open_image(p)) for p in builtin_photos()], 320, path)
-  return str(path)
+  return train_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
 
 
 def test_local_two_processes_train_end_to_end(tokenizer_path, tmp_path):

@@ -7,18 +7,12 @@ import sys
 
 import pytest
 
-from data_pipeline.media_files import builtin_photos
-from jpeglm.codecs import JpegCodec, open_image
-from jpeglm.tokenizer import ByteTokenizer
-from tests.train_helpers import CONFIG, REPO
+from tests.train_helpers import CONFIG, REPO, train_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer_path(tmp_path_factory):
-  codec = JpegCodec(size=64)
-  path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
-  ByteTokenizer.train([codec.encode(open_image(p)) for p in builtin_photos()], 320, path)
-  return str(path)
+  return train_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
 
 
 def test_scaling_harness_weak_and_strong(tokenizer_path, tmp_path):

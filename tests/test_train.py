@@ -11,27 +11,20 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipeline.media_files import builtin_photos
 from jpeglm import model as model_lib, optimizer as opt_lib, sharding
 from jpeglm.cli import main
-from jpeglm.codecs import JpegCodec, open_image
 from jpeglm.config_io import load_config
 from jpeglm.errors import ConfigError
-from jpeglm.tokenizer import ByteTokenizer
 from jpeglm.train import train_and_evaluate
 from jpeglm.train_state import init_state
 from jpeglm.train_step import make_train_step
 from tests.train_helpers import (CONFIG, env_with_devices, free_port, losses, run_train,
-                                 tiny_overrides, train_command)
+                                 tiny_overrides, train_command, train_tiny_tokenizer)
 
 
 @pytest.fixture(scope="module")
 def tokenizer_path(tmp_path_factory):
-  codec = JpegCodec(size=64)
-  streams = [codec.encode(open_image(p)) for p in builtin_photos()]
-  path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
-  ByteTokenizer.train(streams, 320, path)
-  return str(path)
+  return train_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
 
 
 def tiny_config(tokenizer_path, **extra):

@@ -22,6 +22,17 @@ def tiny_overrides(tokenizer_path: str, steps: int = 6, **extra) -> list[str]:
   return [f"--config.{k}={v}" for k, v in values.items()]
 
 
+def train_tiny_tokenizer(path) -> str:
+  """A 320-token BPE on the built-in photos at 64x64 (the tiny config's codec)."""
+  from data_pipeline.media_files import builtin_photos
+  from jpeglm.codecs import JpegCodec, open_image
+  from jpeglm.tokenizer import ByteTokenizer
+
+  codec = JpegCodec(size=64)
+  ByteTokenizer.train([codec.encode(open_image(p)) for p in builtin_photos()], 320, path)
+  return str(path)
+
+
 def env_with_devices(count: int) -> dict:
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count}"
