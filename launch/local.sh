@@ -60,6 +60,7 @@ for ((i = 0; i < processes; i++)); do
   XLA_FLAGS="--xla_force_host_platform_device_count=$devices" JAX_PLATFORMS=cpu \
     "$python" -m jpeglm train --config "$config" --workdir "$workdir" \
       --coordinator "127.0.0.1:$port" --num-processes "$processes" --process-id "$i" \
+      --expect-devices "$((processes * devices))" \
       ${overrides[@]+"${overrides[@]}"} > "$log_prefix.process-$i.log" 2>&1 &
   pids+=("$!")
 done
