@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from data_pipeline import host_batches, pipeline
 from jpeglm import checkpointing, flops, model as model_lib, multihost, optimizer as opt_lib
-from jpeglm import run_setup, sharding
+from jpeglm import faults as faults_lib, run_setup, sharding
 from jpeglm.errors import JpeglmError
 from jpeglm.metrics_log import MetricsLog
 from jpeglm.preemption import PreemptionFlag
@@ -121,6 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_config.train.global_batch = local_rows
   metrics_log = MetricsLog(workdir, enabled=is_main)
   preemption = PreemptionFlag()
+  faults = faults_lib.Faults(jax.process_index())
   flops_per_step = flops.flops_per_token(config.model, seq_len) * train.global_batch * seq_len
   peak = flops.peak_flops(jax.devices()[0].device_kind)
   eos = tokenizer.eos_id
@@ -215,6 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         save(step)
       if train.eval_every and step % train.eval_every == 0:
         evaluate(step)
+      faults.at_step(step)
       stop = preemption.requested
       out_of_time = budget > 0 and time.perf_counter() - started > budget
       if jax.process_count() > 1 and step % train.log_every == 0:
