@@ -84,8 +84,12 @@ case "${1:-}" in
     exit 0
     ;;
   follow)
-    if [[ -s "$pidfile" ]]; then
-      tail -n +1 -F --pid="$(cat "$pidfile")" "$log" 2>/dev/null || true
+    if alive; then
+      tail -n +1 -F "$log" 2>/dev/null &
+      tailer=$!
+      while alive; do sleep 1; done
+      sleep 1  # the last lines
+      kill "$tailer" 2>/dev/null || true
     elif [[ -f "$log" ]]; then
       cat "$log"
     fi

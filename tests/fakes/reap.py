@@ -34,7 +34,12 @@ def main() -> int:
   if args[:1] == ["--grace"]:
     grace, args = float(args[1]), args[2:]
   ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-  code = subprocess.call(args)
+  child = subprocess.Popen(args).pid
+  code = None
+  while code is None:  # reap everything, as init does, until the command itself ends
+    pid, status = os.wait()
+    if pid == child:
+      code = os.waitstatus_to_exitcode(status)
   deadline = time.monotonic() + grace
   while True:
     try:
