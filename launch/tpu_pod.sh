@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Run `jpeglm train` on a Cloud TPU VM slice: create or reuse it (queued resources), install
-# the project on every worker, start training on all workers with `--distributed auto`,
-# stream worker 0's log; `--action down` or `--teardown` deletes the slice.
+# Run `jpeglm train` on a Cloud TPU VM slice: create the queued resource or pick up the one
+# there (reading its state: waits while it is queued, stops with one line when it FAILED or
+# was SUSPENDED), install the project with Python 3.11 (uv) on every worker, stop the previous
+# run, start training on all workers with `--distributed auto --expect-devices N`, stream
+# worker 0's log and report every worker's exit status; `--action down` or `--teardown`
+# deletes the slice.
 #
 #   launch/tpu_pod.sh --name jpeglm-7b --zone us-east5-a --accelerator v5p-32 \
 #       --config configs/jpeglm.py:size=7b --workdir gs://BUCKET/jpeglm-7b [--dry-run] \
 #       [-- --config.train.steps=1000]
 #
-# --help lists every option; launch/README.md has the full recipes.
+# Exit status: 0 all workers exited 0, 1 training failed on some worker, 2 the launch could
+# not go on. --help lists every option; launch/README.md has the first-time setup.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 exec "${PYTHON:-python3}" "$here/cluster.py" tpu "$@"
