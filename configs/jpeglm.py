@@ -99,14 +99,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"
   c.model.dtype = "float32" if size in ("tiny", "small") else "bfloat16"
   # "chunked": causal blocks above the diagonal skipped, fastest on CPU (benchmarks/);
-  # "cudnn_or_xla": cuDNN flash attention on GPU, XLA elsewhere.
-  c.model.attention = {"tiny": "chunked", "small": "chunked"}.get(size, "cudnn_or_xla")
+  # "auto": splash on TPU, cuDNN flash attention on GPU, chunked on CPU.
+  c.model.attention = {"tiny": "chunked", "small": "chunked"}.get(size, "auto")
+  # Splash tiles (TPU): multiples of 128; clipped to the sequence (per context shard).
+  c.model.attention_block_q = 512
+  c.model.attention_block_kv = 512
+  c.model.attention_block_q_bwd = 512
+  c.model.attention_block_kv_bwd = 512
   c.model.scan_layers = True
-  c.model.remat = "none" if size in ("tiny", "small") else "full"
+  # jpeglm.remat: none, save_matmuls, minimal, save_attention, save_qkv_proj,
+  # offload_attention, full. "save_attention" keeps q/k/v and attention's output, so the
+  # backward pass never reruns attention, the costly part at 12,288+ tokens.
+  c.model.remat = "none" if size in ("tiny", "small") else "save_attention"
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = 1
   c.mesh.fsdp = -1
+  c.mesh.context = 1  # > 1: each row's sequence split over this many devices
   c.mesh.tensor = 1
 
   c.train = ml_collections.ConfigDict()

@@ -30,6 +30,15 @@ from jpeglm.errors import ConfigError
 
 GIB = 1024 ** 3
 
+# Published per-chip peaks (Cloud TPU system-architecture pages): dense bf16 FLOP/s and
+# HBM bandwidth in bytes/s. Used only for labelled estimates (step-time floor, MFU ceiling).
+CHIP_PEAKS = {
+    "v4": (275e12, 1228e9),
+    "v5p": (459e12, 2765e9),
+    "v5e": (197e12, 819e9),
+    "v6e": (918e12, 1640e9),
+}
+
 # generation -> (JAX topology prefix, chip config, TensorCores per Cloud-name unit, HBM per
 # device, chips per host, dimensions of the chip grid)
 _GENERATIONS = {
@@ -123,6 +132,28 @@ class FitReport:
   peak_bytes: int | None  # what one device needs at once
   hbm_bytes: int | None  # what one device has (None: host memory, not checked)
   note: str = ""
+  attention: str = ""  # the kernel compiled (model.attention resolved for the platform)
+  remat: str = ""
+  flops: float | None = None  # per device per step, the compiled program's cost analysis
+  bytes_accessed: float | None = None  # per device per step (HBM traffic)
+  model_flops: float | None = None  # per step, all devices (jpeglm.flops convention)
+  peaks: tuple[float, float] | None = None  # (FLOP/s, HBM bytes/s) of one device
+
+  @property
+  def step_seconds_floor(self) -> float | None:
+    """Estimated lower bound on step time: compute or HBM traffic at peak, whichever is
+    slower; ignores communication and overheads."""
+    if self.flops is None or self.peaks is None:
+      return None
+    return max(self.flops / self.peaks[0], (self.bytes_accessed or 0.0) / self.peaks[1])
+
+  @property
+  def mfu_ceiling(self) -> float | None:
+    """Model FLOPs per step over what the devices could do in the floor time (estimate)."""
+    floor = self.step_seconds_floor
+    if not floor or not self.model_flops:
+      return None
+    return self.model_flops / (floor * self.peaks[0] * self.num_devices)
 
   @property
   def fits(self) -> bool | None:
@@ -136,11 +167,18 @@ class FitReport:
     verdict = {None: "not checked (no HBM limit for this backend)", True: "FITS",
                False: "DOES NOT FIT"}[self.fits]
     out = [f"topology {self.topology}: {self.num_devices} devices, mesh {mesh}",
-           f"method: {self.method}",
+           f"method: {self.method}"]
+    if self.attention:
+      out.append(f"attention kernel: {self.attention}, remat: {self.remat}")
+    out += [
            f"per device: parameters {gib(self.param_bytes)}, optimizer state "
            f"{gib(self.opt_bytes)}, batch {gib(self.batch_bytes)}, "
            f"activations/temporaries {gib(self.temp_bytes)}",
            f"per device peak: {gib(self.peak_bytes)} of {gib(self.hbm_bytes)} HBM: {verdict}"]
+    if self.step_seconds_floor is not None:
+      out.append(f"estimates (cost analysis vs published peaks {self.peaks[0] / 1e12:.0f} "
+                 f"TFLOP/s, {self.peaks[1] / 1e9:.0f} GB/s): step time >= "
+                 f"{self.step_seconds_floor:.3f} s, MFU <= {100 * (self.mfu_ceiling or 0):.0f}%")
     if self.note:
       out.append(f"note: {self.note}")
     return out
@@ -173,13 +211,15 @@ def _size(value: str, unit: str) -> int:
 
 
 def compile_train_step(config: ml_collections.ConfigDict, devices, topology_name: str,
-                       hbm_bytes: int | None) -> FitReport:
+                       hbm_bytes: int | None, peaks: tuple[float, float] | None = None
+                       ) -> FitReport:
   """Lowers and compiles the trainer's step for `devices`; reads the per-device memory."""
-  from jpeglm import model as model_lib, optimizer as opt_lib, sharding
+  from jpeglm import flops, model as model_lib, optimizer as opt_lib, sharding
   from jpeglm.train_state import state_layout
   from jpeglm.train_step import make_train_step
 
   mesh = sharding.make_mesh(config.mesh, devices=devices)
+  model_cfg = model_lib.ModelConfig.from_config(config.model, devices[0].platform)
   train = config.train
   optimizer = opt_lib.make_optimizer(train)
   layout = state_layout(config, mesh, optimizer)
@@ -196,7 +236,10 @@ def compile_train_step(config: ml_collections.ConfigDict, devices, topology_name
       param_bytes=_sharded_bytes(layout.abstract["params"]),
       opt_bytes=_sharded_bytes(layout.abstract["opt_state"]) + _sharded_bytes(
           layout.abstract["step"]),
-      batch_bytes=_sharded_bytes(batch), temp_bytes=None, peak_bytes=None, hbm_bytes=hbm_bytes)
+      batch_bytes=_sharded_bytes(batch), temp_bytes=None, peak_bytes=None, hbm_bytes=hbm_bytes,
+      attention=model_cfg.attention_kernel, remat=model_cfg.remat, peaks=peaks,
+      model_flops=flops.flops_per_token(config.model, config.data.seq_len)
+      * train.global_batch * config.data.seq_len)
   with jax.set_mesh(mesh):
     jitted = jax.jit(step_fn, in_shardings=(layout.shardings, batch_shardings),
                      out_shardings=(layout.shardings, None), donate_argnums=0)
@@ -214,6 +257,11 @@ def compile_train_step(config: ml_collections.ConfigDict, devices, topology_name
       report.peak_bytes = required
       report.note = "RESOURCE_EXHAUSTED from the TPU compiler: " + m.group(0)
       return report
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  if cost:
+    report.flops = float(cost.get("flops", 0.0)) or None
+    report.bytes_accessed = float(cost.get("bytes accessed", 0.0)) or None
   analysis = compiled.memory_analysis()
   report.temp_bytes = int(analysis.temp_size_in_bytes)
   # Donated state aliases its outputs: arguments + outputs - aliased + temporaries.
@@ -236,7 +284,7 @@ def activation_estimate(config: ml_collections.ConfigDict, axis_sizes: dict[str,
   act = np.dtype(m.dtype).itemsize
   rows = math.ceil(train.global_batch / train.grad_accum / (axis_sizes["data"] *
                                                              axis_sizes["fsdp"]))
-  tokens = rows * config.data.seq_len
+  tokens = rows * config.data.seq_len // axis_sizes.get("context", 1)
   t = axis_sizes["tensor"]
   per_layer_live = (4 * m.d_model + 3 * m.d_ff / t) * act
   saved = m.d_model * act if m.remat == "full" else per_layer_live + 4 * m.d_model * act
@@ -290,6 +338,7 @@ def check(config: ml_collections.ConfigDict, topology_name: str,
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
     return analytic_report(config, topology, topology.devices,
                            f"no TPU compiler available ({first})")
-  report = compile_train_step(config, devices, topology.name, topology.hbm_bytes)
+  report = compile_train_step(config, devices, topology.name, topology.hbm_bytes,
+                              CHIP_PEAKS[topology.generation])
   report.method += f", {topology.jax_name} {topology.chip_config}"
   return report

@@ -22,19 +22,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax.ad_checkpoint import checkpoint_name
+
+from jpeglm import attention as attention_lib, context_parallel
 from jpeglm.errors import ConfigError
+from jpeglm.remat import POLICIES as REMAT_POLICIES
 from jpeglm.sharding import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-ATTENTION_IMPLS = ("einsum", "chunked", "xla", "cudnn", "cudnn_or_xla")
-# Query block of the "chunked" attention: blocks above the causal diagonal are skipped.
-ATTENTION_CHUNK = 128
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    # Keeps the projections' outputs; recomputes norms, rotary, softmax and activations.
-    "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+ATTENTION_IMPLS = attention_lib.ATTENTION_IMPLS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +51,14 @@ class ModelConfig:
   scan_layers: bool = True
   remat: str = "none"
   init_std: float = 0.02  # Llama-2's initializer_range, for every matrix
+  # Splash attention tiles (forward q/kv, backward q/kv); clipped to the sequence.
+  attention_block_q: int = 512
+  attention_block_kv: int = 512
+  attention_block_q_bwd: int = 512
+  attention_block_kv_bwd: int = 512
+  # Where the kernels run ("tpu", "gpu", "cpu"); "" = the default backend when traced.
+  # Set from the mesh's devices, so compiling for a TPU on a CPU host picks TPU kernels.
+  platform: str = ""
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_len"):
@@ -80,10 +84,24 @@ class ModelConfig:
   def head_dim(self) -> int:
     return self.d_model // self.n_heads
 
+  @property
+  def attention_kernel(self) -> str:
+    """The kernel `attention` resolves to on this model's platform (e.g. auto -> splash)."""
+    return attention_lib.resolve(self.attention, self.platform or jax.default_backend())
+
+  def splash_blocks(self):
+    from jpeglm.splash import SplashBlocks
+    return SplashBlocks(self.attention_block_q, self.attention_block_kv,
+                        self.attention_block_q_bwd, self.attention_block_kv_bwd)
+
   @classmethod
-  def from_config(cls, model: Mapping) -> "ModelConfig":
-    """From the `model` section of a run config (keys not named here are ignored)."""
-    return cls(**{f.name: model[f.name] for f in dataclasses.fields(cls) if f.name in model})
+  def from_config(cls, model: Mapping, platform: str = "") -> "ModelConfig":
+    """From the `model` section of a run config (keys not named here are ignored).
+
+    `platform` is where the model will run (a mesh's devices); "" = the default backend.
+    """
+    values = {f.name: model[f.name] for f in dataclasses.fields(cls) if f.name in model}
+    return cls(**{**values, "platform": platform or values.get("platform", "")})
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str, ...], dtype,
@@ -117,64 +135,6 @@ def rotary(x_BxLxNxH: jax.Array, positions_BxL: jax.Array, theta: float) -> jax.
   return out.astype(x_BxLxNxH.dtype)
 
 
-def attention_einsum(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, segment_ids_BxS, q_offset: int = 0
-                     ) -> jax.Array:
-  """Reference attention: explicit causal (and segment) mask, softmax in float32.
-
-  Queries are positions q_offset .. q_offset + T - 1 of the keys' sequence (0: the same).
-  """
-  b, t, n, h = q_BxTxNxH.shape
-  s, k_heads = k_BxSxKxH.shape[1], k_BxSxKxH.shape[2]
-  q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, k_heads, n // k_heads, h)
-  logits_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
-                                preferred_element_type=jnp.float32) * (h ** -0.5)
-  mask_BxTxS = (q_offset + jnp.arange(t)[:, None] >= jnp.arange(s)[None, :])[None]
-  if segment_ids_BxS is not None:
-    q_segments_BxT = segment_ids_BxS[:, q_offset:q_offset + t]
-    mask_BxTxS = mask_BxTxS & (q_segments_BxT[:, :, None] == segment_ids_BxS[:, None, :])
-  logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS,
-                               jnp.finfo(jnp.float32).min)
-  probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(v_BxSxKxH.dtype)
-  out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH)
-  return out_BxTxKxGxH.reshape(b, t, n, h)
-
-
-def attention_chunked(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL,
-                      chunk: int = ATTENTION_CHUNK) -> jax.Array:
-  """Causal attention by query blocks, each against only the keys at or before it.
-
-  The same arithmetic as `attention_einsum` row by row, but the blocks above the diagonal
-  are never computed: about half the work and memory of a full L x L at long context.
-  """
-  l = q_BxLxNxH.shape[1]
-  if l <= chunk or l % chunk:
-    return attention_einsum(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL)
-  outs = []
-  for start in range(0, l, chunk):
-    end = start + chunk
-    outs.append(attention_einsum(q_BxLxNxH[:, start:end], k_BxLxKxH[:, :end],
-                                 v_BxLxKxH[:, :end],
-                                 None if segment_ids_BxL is None else segment_ids_BxL[:, :end],
-                                 q_offset=start))
-  return jnp.concatenate(outs, axis=1)
-
-
-def attention_fused(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL, impl: str) -> jax.Array:
-  """`jax.nn.dot_product_attention` (cuDNN flash attention or XLA), causal by `is_causal`.
-
-  With no segment ids (the paper's concatenate-and-chunk packing) no mask is built at all.
-  Packed documents need a B x 1 x L x L boolean mask: the public fused API has no segment
-  ids, only per-row lengths, which cannot express several documents in one row.
-  """
-  if impl == "cudnn_or_xla":
-    impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
-  mask = None
-  if segment_ids_BxL is not None:
-    mask = (segment_ids_BxL[:, None, :, None] == segment_ids_BxL[:, None, None, :])
-  return jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask=mask,
-                                      is_causal=True, implementation=impl)
-
-
 class Block(nnx.Module):
   """One pre-norm transformer layer: x + attn(norm(x)), then x + mlp(norm(x))."""
 
@@ -198,31 +158,35 @@ class Block(nnx.Module):
       q_BxLxNxH = jnp.einsum("bld,dnh->blnh", x_BxLxD, self.q_DxNxH[...].astype(dt))
       k_BxLxKxH = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.k_DxKxH[...].astype(dt))
       v_BxLxKxH = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.v_DxKxH[...].astype(dt))
-      q_BxLxNxH = constrain(q_BxLxNxH, ("act_batch", "act_len", "act_heads", "act_head_dim"))
-      k_BxLxKxH = constrain(k_BxLxKxH, ("act_batch", "act_len", "act_kv_heads", "act_head_dim"))
-      v_BxLxKxH = constrain(v_BxLxKxH, ("act_batch", "act_len", "act_kv_heads", "act_head_dim"))
+      q_BxLxNxH = checkpoint_name(constrain(q_BxLxNxH, attention_lib.Q_NAMES), "query_proj")
+      kv_names = ("act_batch", "act_len", "act_kv_heads", "act_head_dim")
+      k_BxLxKxH = checkpoint_name(constrain(k_BxLxKxH, kv_names), "key_proj")
+      v_BxLxKxH = checkpoint_name(constrain(v_BxLxKxH, kv_names), "value_proj")
     with jax.named_scope("rotary"):
       q_BxLxNxH = rotary(q_BxLxNxH, positions_BxL, cfg.rope_theta)
       k_BxLxKxH = rotary(k_BxLxKxH, positions_BxL, cfg.rope_theta)
     with jax.named_scope("attention"):
-      if cfg.attention == "einsum":
-        out_BxLxNxH = attention_einsum(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL)
-      elif cfg.attention == "chunked":
-        out_BxLxNxH = attention_chunked(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL)
-      else:
-        out_BxLxNxH = attention_fused(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL,
-                                      cfg.attention)
-      out_BxLxNxH = constrain(out_BxLxNxH, ("act_batch", "act_len", "act_heads", "act_head_dim"))
+      kernel = cfg.attention_kernel
+      out_BxLxNxH = attention_lib.attend(
+          q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL, kernel,
+          splash_blocks=cfg.splash_blocks() if kernel == "splash" else None,
+          interpret=(cfg.platform or jax.default_backend()) != "tpu")
+      out_BxLxNxH = constrain(out_BxLxNxH, attention_lib.Q_NAMES)
+      out_BxLxNxH = checkpoint_name(out_BxLxNxH, "attention_out")
     with jax.named_scope("out_proj"):
-      return jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.o_NxHxD[...].astype(dt))
+      out_BxLxD = jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.o_NxHxD[...].astype(dt))
+      return checkpoint_name(out_BxLxD, "out_proj")
 
   def mlp(self, x_BxLxD):
     dt = DTYPES[self.cfg.dtype]
     gate_BxLxF = jnp.einsum("bld,df->blf", x_BxLxD, self.gate_DxF[...].astype(dt))
     up_BxLxF = jnp.einsum("bld,df->blf", x_BxLxD, self.up_DxF[...].astype(dt))
+    gate_BxLxF = checkpoint_name(gate_BxLxF, "mlp_gate")
+    up_BxLxF = checkpoint_name(up_BxLxF, "mlp_up")
     hidden_BxLxF = constrain(jax.nn.silu(gate_BxLxF) * up_BxLxF,
                              ("act_batch", "act_len", "act_mlp"))
-    return jnp.einsum("blf,fd->bld", hidden_BxLxF, self.down_FxD[...].astype(dt))
+    out_BxLxD = jnp.einsum("blf,fd->bld", hidden_BxLxF, self.down_FxD[...].astype(dt))
+    return checkpoint_name(out_BxLxD, "mlp_out")
 
   def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
     eps = self.cfg.norm_eps
@@ -263,6 +227,12 @@ class Transformer(nnx.Module):
     b, l = tokens_BxL.shape
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    # Context parallelism: rows in the balanced order on entry, logits back on exit.
+    shards = context_parallel.context_size()
+    tokens_BxL, positions_BxL = (context_parallel.to_balanced(x, shards)
+                                 for x in (tokens_BxL, positions_BxL))
+    if segment_ids_BxL is not None:
+      segment_ids_BxL = context_parallel.to_balanced(segment_ids_BxL, shards)
     with jax.named_scope("embed"):
       x_BxLxD = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(dt)
       x_BxLxD = constrain(x_BxLxD, ("act_batch", "act_len", "act_embed"))
@@ -285,7 +255,8 @@ class Transformer(nnx.Module):
       x_BxLxD = rms_norm(x_BxLxD, self.final_norm[...], cfg.norm_eps)
       logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, self.lm_head[...].astype(dt),
                                 preferred_element_type=jnp.float32)
-      return constrain(logits_BxLxV, ("act_batch", "act_len", "act_vocab"))
+      logits_BxLxV = constrain(logits_BxLxV, ("act_batch", "act_len", "act_vocab"))
+      return context_parallel.from_balanced(logits_BxLxV, shards)
 
 
 def param_count(state) -> int:

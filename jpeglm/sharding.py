@@ -1,9 +1,10 @@
 """Device mesh, logical-axis rules, and sharded state and batches.
 
-The mesh has three axes: `data` (pure data parallelism), `fsdp` (data parallelism with
-parameters and optimizer state sharded) and `tensor` (Megatron-style: heads, MLP hidden
+The mesh has four axes: `data` (pure data parallelism), `fsdp` (data parallelism with
+parameters and optimizer state sharded), `context` (each row's sequence split across
+devices; see jpeglm.context_parallel) and `tensor` (Megatron-style: heads, MLP hidden
 units and the vocabulary split across devices). Sizes come from `config.mesh`; -1 means
-"the rest of the devices".
+"the rest of the devices"; a config without `mesh.context` has none (1).
 
 Every parameter and main activation carries logical axis names; `RULES` is the one table
 that maps them to mesh axes. A dimension that a mesh axis does not divide is replicated
@@ -30,7 +31,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from jpeglm.errors import ConfigError
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# Innermost last: tensor and context exchange the most data, so they get the nearest chips.
+MESH_AXES = ("data", "fsdp", "context", "tensor")
 
 # Logical axis name -> mesh axes, for parameters (first block) and activations (second).
 RULES: dict[str, tuple[str, ...]] = {
@@ -45,7 +47,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "norm": (),
     # Activations.
     "act_batch": ("data", "fsdp"),
-    "act_len": (),
+    "act_len": ("context",),
     "act_embed": (),
     "act_heads": ("tensor",),
     "act_kv_heads": ("tensor",),
@@ -56,9 +58,9 @@ RULES: dict[str, tuple[str, ...]] = {
 
 
 def mesh_shape(mesh_config: ml_collections.ConfigDict | Mapping[str, int],
-               num_devices: int) -> tuple[int, int, int]:
-  """Resolves (data, fsdp, tensor) sizes; one of them may be -1 (the rest)."""
-  sizes = [int(mesh_config[a]) for a in MESH_AXES]
+               num_devices: int) -> tuple[int, ...]:
+  """Resolves (data, fsdp, context, tensor) sizes; one of them may be -1 (the rest)."""
+  sizes = [int(mesh_config.get(a, 1)) for a in MESH_AXES]
   rest = [i for i, s in enumerate(sizes) if s == -1]
   if len(rest) > 1:
     raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
@@ -78,12 +80,13 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict | Mapping[str, int],
 
 def make_mesh(mesh_config: ml_collections.ConfigDict | Mapping[str, int],
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh over `devices` (default: all devices of all processes)."""
+  """A (data, fsdp, context, tensor) mesh over `devices` (default: every process's)."""
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(mesh_config, len(devices))
+  auto = (AxisType.Auto,) * len(MESH_AXES)
   if len(devices) == len(jax.devices()):
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 
 def logical_to_spec(names: Sequence[str | None], shape: Sequence[int],

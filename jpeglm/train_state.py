@@ -27,14 +27,20 @@ class StateLayout:
   abstract: dict  # same tree, ShapeDtypeStruct leaves (with shardings), for restores
 
 
-def model_factory(config: ml_collections.ConfigDict) -> Callable[[], model_lib.Transformer]:
-  cfg = model_lib.ModelConfig.from_config(config.model)
+def model_factory(config: ml_collections.ConfigDict, platform: str = ""
+                  ) -> Callable[[], model_lib.Transformer]:
+  cfg = model_lib.ModelConfig.from_config(config.model, platform)
   return lambda: model_lib.Transformer(cfg, nnx.Rngs(params=config.seed))
+
+
+def mesh_platform(mesh: Mesh) -> str:
+  """Where a mesh's devices are ("tpu", "gpu", "cpu"): picks the attention kernel."""
+  return mesh.devices.flat[0].platform
 
 
 def _param_shardings(config, mesh: Mesh):
   with nnx.use_eager_sharding(False):
-    abstract_model = nnx.eval_shape(model_factory(config))
+    abstract_model = nnx.eval_shape(model_factory(config, mesh_platform(mesh)))
   graphdef, abstract_state = nnx.split(abstract_model)
   shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_state, mesh))
   return graphdef, nnx.to_pure_dict(abstract_state), shardings
@@ -44,7 +50,7 @@ def init_state(config: ml_collections.ConfigDict, mesh: Mesh,
                optimizer: optax.GradientTransformation) -> tuple[dict, StateLayout]:
   """A freshly initialised, sharded train state and its layout."""
   layout = state_layout(config, mesh, optimizer)
-  create = model_factory(config)
+  create = model_factory(config, mesh_platform(mesh))
 
   def init():
     params = nnx.to_pure_dict(nnx.split(create())[1])

@@ -32,7 +32,7 @@ def test_tiny_compile_on_local_devices_matches_info(capsys):
   report = check(config, "local")
   info = memory_report(config)  # the same 8 fake CPU devices (conftest)
   assert report.method.startswith("compiled") and report.num_devices == 8
-  assert report.mesh == info.mesh == {"data": 1, "fsdp": 8, "tensor": 1}
+  assert report.mesh == info.mesh == {"data": 1, "fsdp": 8, "context": 1, "tensor": 1}
   # Parameters: the layout's shards are exactly `jpeglm info`'s figure. Optimizer state: two
   # moments (= info's AdamW bytes) plus optax's scalar counts (a few bytes each).
   assert report.param_bytes == info.param_bytes

@@ -25,14 +25,17 @@ LAYOUTS = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2), (4, 2, 1), (1, 2, 4)]
 B, L = 8, 32
 
 
-def mesh_cfg(data, fsdp, tensor):
-  return {"data": data, "fsdp": fsdp, "tensor": tensor}
+def mesh_cfg(data, fsdp, tensor, context=1):
+  return {"data": data, "fsdp": fsdp, "context": context, "tensor": tensor}
 
 
 def test_mesh_shape_resolves_the_rest_and_refuses_bad_sizes():
-  assert sharding.mesh_shape(mesh_cfg(1, -1, 1), 8) == (1, 8, 1)
-  assert sharding.mesh_shape(mesh_cfg(2, -1, 2), 8) == (2, 2, 2)
-  assert sharding.mesh_shape(get_config("size=tiny").mesh, 1) == (1, 1, 1)
+  assert sharding.mesh_shape(mesh_cfg(1, -1, 1), 8) == (1, 8, 1, 1)
+  assert sharding.mesh_shape(mesh_cfg(2, -1, 2), 8) == (2, 2, 1, 2)
+  assert sharding.mesh_shape(mesh_cfg(1, 2, 2, -1), 8) == (1, 2, 2, 2)
+  assert sharding.mesh_shape(get_config("size=tiny").mesh, 1) == (1, 1, 1, 1)
+  # Configs written before the context axis existed have none.
+  assert sharding.mesh_shape({"data": 1, "fsdp": -1, "tensor": 2}, 8) == (1, 4, 1, 2)
   with pytest.raises(ConfigError, match="do not divide"):
     sharding.mesh_shape(mesh_cfg(1, -1, 3), 8)
   with pytest.raises(ConfigError, match="needs 4 devices"):
@@ -40,7 +43,7 @@ def test_mesh_shape_resolves_the_rest_and_refuses_bad_sizes():
   with pytest.raises(ConfigError, match="at most one"):
     sharding.mesh_shape(mesh_cfg(-1, -1, 1), 8)
   mesh = sharding.make_mesh(mesh_cfg(2, -1, 2))
-  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "context": 1, "tensor": 2}
 
 
 def test_logical_rules():
