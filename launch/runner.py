@@ -38,9 +38,11 @@ class Runner:
       raise LaunchError(f"command failed ({code}): {shlex.join(argv)}")
     return code
 
-  def query(self, argv: Sequence[str]) -> subprocess.CompletedProcess:
-    """Runs and captures the output (a describe, a status); the caller handles dry runs."""
-    self.show(argv)
+  def query(self, argv: Sequence[str], show: bool = True) -> subprocess.CompletedProcess:
+    """Runs and captures the output (a describe, a status); the caller handles dry runs.
+    `show=False` for polls whose command was printed once already."""
+    if show:
+      self.show(argv)
     return subprocess.run(list(argv), capture_output=True, text=True)
 
   def query_all(self, commands: list[list[str]]) -> list[subprocess.CompletedProcess]:

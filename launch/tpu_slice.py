@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 import time
 
 from launch.runner import LaunchError, Runner, WorkersFailed
@@ -73,12 +72,12 @@ class Slice:
     dry runs). Each command is printed once, not on every poll."""
     argv = self.tpus(kind, "describe", self.name, *self.where, "--format=json")
     line = shlex.join(argv)
-    if line not in self._shown:
-      self._shown.add(line)
-      self.run.show(argv)
+    first = line not in self._shown
+    self._shown.add(line)
     if self.run.dry_run:
+      self.run.show(argv)
       return None
-    result = subprocess.run(argv, capture_output=True, text=True)
+    result = self.run.query(argv, show=first)
     if result.returncode == 0:
       return json.loads(result.stdout or "{}")
     if "not_found" in result.stderr.lower() or "not found" in result.stderr.lower():
