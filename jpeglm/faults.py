@@ -1,40 +1,61 @@
-"""Test-only fault injection: a real signal sent at a chosen training step.
+"""Test-only fault injection at a chosen training step, so tests need not race the run.
 
-JPEGLM_FAULT="sigkill@4" kills the process with SIGKILL right after step 4 is dispatched;
-"sigterm@5:1" sends SIGTERM to process 1 only after step 5. Several faults are separated by
-commas. Tests use it so a kill lands at a known step instead of racing the run from outside;
-unset (every real run), `at_step` does nothing.
+JPEGLM_FAULT holds comma-separated KIND@STEP[:PROCESS] items (PROCESS: only that process):
+  sigkill@4     the process kills itself with a real SIGKILL right after dispatching step 4;
+  sigterm@5:1   process 1 sends itself SIGTERM (a preemption notice) after step 5;
+  killworkers@3 SIGKILL to every data-loader worker process after step 3;
+  nan@5         step 5's batch gets NaN loss weights, so its loss is not finite.
+Unset (every real run), the hooks do nothing.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 
+import numpy as np
+
 ENV = "JPEGLM_FAULT"
 _SIGNALS = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigint": signal.SIGINT}
+KINDS = (*_SIGNALS, "killworkers", "nan")
 
 
-def parse(text: str) -> list[tuple[int, int, int | None]]:
-  """[(signal, step, process or None)] from "sigkill@4,sigterm@5:1"."""
+def parse(text: str) -> list[tuple[str, int, int | None]]:
+  """[(kind, step, process or None)] from "sigkill@4,sigterm@5:1"."""
   faults = []
   for item in filter(None, (part.strip() for part in text.split(","))):
     try:
-      name, where = item.split("@")
+      kind, where = item.split("@")
       step, _, process = where.partition(":")
-      faults.append((_SIGNALS[name.lower()], int(step), int(process) if process else None))
-    except (KeyError, ValueError):
-      raise ValueError(f"{ENV}={text!r}: expected e.g. 'sigkill@4' or 'sigterm@5:1'") from None
+      if kind.lower() not in KINDS:
+        raise ValueError(kind)
+      faults.append((kind.lower(), int(step), int(process) if process else None))
+    except ValueError:
+      raise ValueError(f"{ENV}={text!r}: expected KIND@STEP[:PROCESS] items, KIND one of "
+                       f"{', '.join(KINDS)}") from None
   return faults
 
 
 class Faults:
   def __init__(self, process_index: int, text: str | None = None):
     text = os.environ.get(ENV, "") if text is None else text
-    self._faults = [(sig, step) for sig, step, process in parse(text)
+    self._faults = [(kind, step) for kind, step, process in parse(text)
                     if process is None or process == process_index]
 
   def at_step(self, step: int) -> None:
-    for sig, when in self._faults:
-      if when == step:
-        os.kill(os.getpid(), sig)
+    """Called once a step has been dispatched."""
+    for kind, when in self._faults:
+      if when != step:
+        continue
+      if kind in _SIGNALS:
+        os.kill(os.getpid(), _SIGNALS[kind])
+      elif kind == "killworkers":
+        for child in multiprocessing.active_children():
+          os.kill(child.pid, signal.SIGKILL)
+
+  def batch(self, step: int, rows: dict) -> dict:
+    """This host's rows for `step`, poisoned if asked."""
+    if ("nan", step) in self._faults:
+      rows = {**rows, "weights": np.full_like(rows["weights"], np.nan)}
+    return rows

@@ -1,10 +1,23 @@
-"""SIGTERM (how TPU and cloud VMs announce preemption) becomes a flag the training loop
-polls, so it can save a checkpoint and exit cleanly instead of dying mid-step."""
+"""Why a run stops early, and how every process comes to stop at the same step.
+
+SIGTERM (how TPU and cloud VMs announce preemption) becomes a flag the training loop polls.
+Each process writes its own stop code into its rows of the next batch (`"stop"`, one int32
+per row); the train step returns their maximum as a metric. The host reads step N's metrics
+after dispatching step N+1 anyway, so every process learns at the same step that some
+process wants to stop, without a blocking round trip, and all save the same step.
+"""
 
 from __future__ import annotations
 
 import signal
 import threading
+
+# Ordered by precedence: the step's metric is the largest code of any process.
+STOP_NONE = 0
+STOP_TIME_BUDGET = 1
+STOP_PREEMPTED = 2
+STOP_DATA_FAILED = 3  # this process had no batch: the step must not change the state
+STOP_NONFINITE = 4  # not in batches: the host reads it from the step's "finite" metric
 
 
 class PreemptionFlag:

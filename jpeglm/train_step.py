@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from jpeglm.losses import token_losses
+from jpeglm.preemption import STOP_DATA_FAILED
 
 LN2 = math.log(2.0)
 
@@ -24,9 +25,20 @@ def _micro_batches(batch: dict, count: int) -> dict:
 def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, grad_accum: int = 1, z_loss: float = 0.0,
                     skip_nonfinite: bool = False) -> Callable:
-  """step(state, batch) -> (state, metrics); state = {"step", "params", "opt_state"}."""
+  """step(state, batch) -> (state, metrics); state = {"step", "params", "opt_state"}.
+
+  `batch` may hold "stop" (int32 per row, see jpeglm.preemption); metric "stop" is its max.
+  A step whose batch some process could not fill (STOP_DATA_FAILED) leaves the state as it
+  was. Without `skip_nonfinite`, a non-finite step halts the state: it and every later step
+  leave params and optimizer state untouched and set state["step"] to -1, so the host, which
+  learns of it a step late, can still save the last good state.
+  """
 
   def step(state: dict, batch: dict) -> tuple[dict, dict]:
+    batch = dict(batch)
+    stop_B = batch.pop("stop", None)
+    stop = jnp.zeros((), jnp.int32) if stop_B is None else jnp.max(stop_B)
+    usable = stop < STOP_DATA_FAILED
     total_weight = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
 
     def loss_fn(params, micro):
@@ -55,9 +67,16 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    count = state["step"]
     if skip_nonfinite:
-      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-      params, opt_state = keep(params, state["params"]), keep(opt_state, state["opt_state"])
+      apply = usable & finite
+      next_count = count + usable.astype(count.dtype)
+    else:
+      halted = count < 0
+      apply = usable & finite & ~halted
+      next_count = jnp.where(halted | (usable & ~finite), -1, count + usable.astype(count.dtype))
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+    params, opt_state = keep(params, state["params"]), keep(opt_state, state["opt_state"])
     metrics = {
         "loss": loss,
         "bits_per_byte": nll / LN2 / jnp.maximum(jnp.sum(batch["target_bytes"]), 1),
@@ -65,8 +84,9 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
         "lr": schedule(state["step"]),
         "tokens": jnp.sum(batch["weights"]),
         "finite": finite,
+        "stop": stop,
     }
-    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+    return {"step": next_count, "params": params, "opt_state": opt_state}, metrics
 
   return step
 

@@ -5,7 +5,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 import jax
 import numpy as np
@@ -95,26 +94,39 @@ def test_resume_after_kill_matches_uninterrupted(tokenizer_path, tmp_path):
     assert got[step] == want[step], (step, got[step], want[step])  # exact, float32 on CPU
 
 
-def test_two_processes_match_one(tokenizer_path, tmp_path):
-  overrides = tiny_overrides(tokenizer_path, steps=4)
-  single = str(tmp_path / "single")
-  run_train(single, overrides, devices=8)
-  multi = str(tmp_path / "multi")
+def _run_two_processes(workdir, overrides, env=None):
   port = free_port()
   procs = [subprocess.Popen(
-      train_command(multi, overrides, "--coordinator", f"127.0.0.1:{port}", "--num-processes",
+      train_command(workdir, overrides, "--coordinator", f"127.0.0.1:{port}", "--num-processes",
                     "2", "--process-id", str(i)),
-      env=env_with_devices(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+      env={**env_with_devices(4), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
+  return [out for out, _ in outputs]
+
+
+def test_two_processes_match_one_and_stop_together(tokenizer_path, tmp_path):
+  # Log and checkpoint steps are far apart: the stop must be agreed at an ordinary step.
+  overrides = tiny_overrides(tokenizer_path, steps=6, **{"train.log_every": 5,
+                                                         "train.checkpoint_every": 100})
+  single = str(tmp_path / "single")
+  run_train(single, overrides, devices=8)
+  multi = str(tmp_path / "multi")
+  # SIGTERM reaches process 1 only, after step 2. Step 3 carries its stop code; both
+  # processes read step 3's metrics after dispatching step 4, so both save step 4.
+  outs = _run_two_processes(multi, overrides, {"JPEGLM_FAULT": "sigterm@2:1"})
+  assert "preempted: saved step 4" in outs[0], outs[0][-2000:]
+  assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["4"]
+  _run_two_processes(multi, overrides)  # resumes from step 4
   want, got = losses(single), losses(multi)
-  assert sorted(got) == sorted(want) == [1, 2, 3, 4]
+  # Steps that carry a stop code (3, 4) are logged too.
+  assert sorted(want) == [5, 6] and sorted(got) == [3, 4, 5, 6]
   for step in want:
     np.testing.assert_allclose(got[step], want[step], rtol=1e-5)
   # One set of logs and checkpoints: process 0 writes them.
-  assert os.path.isdir(os.path.join(multi, "checkpoints", "3"))
+  assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["4", "6"]
   with open(os.path.join(multi, "metrics.jsonl")) as f:
     assert sum(1 for line in f if '"loss"' in line) == 4  # each step logged once
 
@@ -146,20 +158,16 @@ def test_damaged_latest_checkpoint_falls_back(tokenizer_path, tmp_path, caplog):
   assert losses(workdir)[6] == first[6]  # steps 4..6 trained again from step 3
 
 
-def test_sigterm_saves_and_resumes(tokenizer_path, tmp_path):
+def test_sigterm_saves_and_stops(tokenizer_path, tmp_path):
   workdir = str(tmp_path / "run")
   overrides = tiny_overrides(tokenizer_path, steps=200, **{"train.checkpoint_every": 100})
-  proc = subprocess.Popen(train_command(workdir, overrides), env=env_with_devices(8),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  metrics = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + 300
-  while time.time() < deadline and not (os.path.exists(metrics) and 2 in losses(workdir)):
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0 and "preempted: saved step" in out
-  saved = int(out.split("preempted: saved step ")[1].split(";")[0])
-  assert saved < 100 and os.path.isdir(os.path.join(workdir, "checkpoints", str(saved)))
+  result = subprocess.run(train_command(workdir, overrides),
+                          env={**env_with_devices(8), "JPEGLM_FAULT": "sigterm@2"},
+                          capture_output=True, text=True, timeout=600)
+  # Noticed before step 3's batch, agreed from step 3's metrics once step 4 is queued.
+  assert result.returncode == 0 and "preempted: saved step 4;" in result.stdout, result.stderr
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4"]
+  assert sorted(losses(workdir)) == [1, 2, 3, 4]
 
 
 def test_errors_before_compute(tokenizer_path, tmp_path, capsys):
