@@ -25,6 +25,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from jpeglm import attention as attention_lib, context_parallel
+from jpeglm.decoding import KVCache, attend_cached
 from jpeglm.errors import ConfigError
 from jpeglm.remat import POLICIES as REMAT_POLICIES
 from jpeglm.sharding import constrain
@@ -152,7 +153,9 @@ class Block(nnx.Module):
     self.up_DxF = _param(rngs, (d, f), ("embed", "mlp"), pd, std)
     self.down_FxD = _param(rngs, (f, d), ("mlp", "embed"), pd, std)
 
-  def attention(self, x_BxLxD, positions_BxL, segment_ids_BxL):
+  def attention(self, x_BxLxD, positions_BxL, segment_ids_BxL, cache=None, layer=None,
+                prefill=False):
+    """Attention's output [B, L, D]; with `cache`, also the new keys and values [B, L, K, H]."""
     cfg, dt = self.cfg, DTYPES[self.cfg.dtype]
     with jax.named_scope("qkv"):
       q_BxLxNxH = jnp.einsum("bld,dnh->blnh", x_BxLxD, self.q_DxNxH[...].astype(dt))
@@ -166,16 +169,21 @@ class Block(nnx.Module):
       q_BxLxNxH = rotary(q_BxLxNxH, positions_BxL, cfg.rope_theta)
       k_BxLxKxH = rotary(k_BxLxKxH, positions_BxL, cfg.rope_theta)
     with jax.named_scope("attention"):
-      kernel = cfg.attention_kernel
-      out_BxLxNxH = attention_lib.attend(
-          q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL, kernel,
-          splash_blocks=cfg.splash_blocks() if kernel == "splash" else None,
-          interpret=(cfg.platform or jax.default_backend()) != "tpu")
+      if cache is not None and not prefill:
+        # A decode step: einsums over the cache's filled part (splash is a training kernel).
+        out_BxLxNxH = attend_cached(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, cache, layer)
+      else:
+        kernel = cfg.attention_kernel
+        out_BxLxNxH = attention_lib.attend(
+            q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL, kernel,
+            splash_blocks=cfg.splash_blocks() if kernel == "splash" else None,
+            interpret=(cfg.platform or jax.default_backend()) != "tpu")
       out_BxLxNxH = constrain(out_BxLxNxH, attention_lib.Q_NAMES)
       out_BxLxNxH = checkpoint_name(out_BxLxNxH, "attention_out")
     with jax.named_scope("out_proj"):
       out_BxLxD = jnp.einsum("blnh,nhd->bld", out_BxLxNxH, self.o_NxHxD[...].astype(dt))
-      return checkpoint_name(out_BxLxD, "out_proj")
+      out_BxLxD = checkpoint_name(out_BxLxD, "out_proj")
+    return out_BxLxD if cache is None else (out_BxLxD, (k_BxLxKxH, v_BxLxKxH))
 
   def mlp(self, x_BxLxD):
     dt = DTYPES[self.cfg.dtype]
@@ -188,15 +196,22 @@ class Block(nnx.Module):
     out_BxLxD = jnp.einsum("blf,fd->bld", hidden_BxLxF, self.down_FxD[...].astype(dt))
     return checkpoint_name(out_BxLxD, "mlp_out")
 
-  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, cache: KVCache | None = None,
+               layer: jax.Array | None = None, prefill: bool = False):
+    """The layer's output [B, L, D]. With a `cache` (decoding; L new tokens at the cache's
+    next slots), also this layer's new keys and values, which the caller writes: a decode
+    step attends to cache layer `layer`; a `prefill` (empty cache, the whole prompt) runs
+    the training kernel, with the padding masked by `segment_ids_BxL`."""
     eps = self.cfg.norm_eps
     with jax.named_scope("attn"):
-      x_BxLxD = x_BxLxD + self.attention(rms_norm(x_BxLxD, self.attn_norm[...], eps),
-                                         positions_BxL, segment_ids_BxL)
-      x_BxLxD = constrain(x_BxLxD, ("act_batch", "act_len", "act_embed"))
+      out = self.attention(rms_norm(x_BxLxD, self.attn_norm[...], eps), positions_BxL,
+                           segment_ids_BxL, cache, layer, prefill)
+      out_BxLxD, kv = (out, None) if cache is None else out
+      x_BxLxD = constrain(x_BxLxD + out_BxLxD, ("act_batch", "act_len", "act_embed"))
     with jax.named_scope("mlp"):
       x_BxLxD = x_BxLxD + self.mlp(rms_norm(x_BxLxD, self.mlp_norm[...], eps))
-      return constrain(x_BxLxD, ("act_batch", "act_len", "act_embed"))
+      x_BxLxD = constrain(x_BxLxD, ("act_batch", "act_len", "act_embed"))
+    return x_BxLxD if cache is None else (x_BxLxD, kv)
 
 
 class Transformer(nnx.Module):
@@ -222,9 +237,23 @@ class Transformer(nnx.Module):
     self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pd, std)
 
   def __call__(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None,
-               segment_ids_BxL: jax.Array | None = None) -> jax.Array:
+               segment_ids_BxL: jax.Array | None = None, cache: KVCache | None = None,
+               prefill: bool = False):
+    """Logits [B, L, V]; with a `cache`, (logits, the cache with these L tokens written).
+
+    Decoding (`cache` given): the tokens go to the cache's next L slots, with positions and
+    padding taken from the cache. `prefill=True` is a prompt into an empty cache: attention
+    uses the training kernel (`model.attention`). Otherwise the tokens attend to the cache
+    (`jpeglm.decoding.attend_cached`).
+    """
     cfg, dt = self.cfg, DTYPES[self.cfg.dtype]
     b, l = tokens_BxL.shape
+    if cache is not None:
+      if context_parallel.context_size() > 1:
+        raise ConfigError("decoding with a KV cache does not support a `context` mesh axis; "
+                          "use data/fsdp/tensor")
+      positions_BxL = cache.positions(l)
+      segment_ids_BxL = cache.segment_ids(l) if prefill else None
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     # Context parallelism: rows in the balanced order on entry, logits back on exit.
@@ -239,24 +268,44 @@ class Transformer(nnx.Module):
 
     graphdef, stacked = nnx.split(self.blocks)
 
-    def layer(x_BxLxD, layer_state):
-      return nnx.merge(graphdef, layer_state)(x_BxLxD, positions_BxL, segment_ids_BxL)
+    if cache is None:
+      def layer(x_BxLxD, layer_state):
+        return nnx.merge(graphdef, layer_state)(x_BxLxD, positions_BxL, segment_ids_BxL)
 
-    policy = REMAT_POLICIES[cfg.remat]
-    if cfg.remat != "none":
-      layer = jax.checkpoint(layer, policy=policy, prevent_cse=not cfg.scan_layers)
-    if cfg.scan_layers:
-      x_BxLxD, _ = jax.lax.scan(lambda x, s: (layer(x, s), None), x_BxLxD, stacked)
+      policy = REMAT_POLICIES[cfg.remat]
+      if cfg.remat != "none":
+        layer = jax.checkpoint(layer, policy=policy, prevent_cse=not cfg.scan_layers)
+      if cfg.scan_layers:
+        x_BxLxD, _ = jax.lax.scan(lambda x, s: (layer(x, s), None), x_BxLxD, stacked)
+      else:
+        for i in range(cfg.n_layers):
+          x_BxLxD = layer(x_BxLxD, jax.tree.map(lambda a, i=i: a[i], stacked))
     else:
-      for i in range(cfg.n_layers):
-        x_BxLxD = layer(x_BxLxD, jax.tree.map(lambda a, i=i: a[i], stacked))
+      # The same layers; each reads its part of the cache and hands back its new keys and
+      # values, written once for all layers after the loop.
+      def layer(x_BxLxD, layer_state, index):
+        return nnx.merge(graphdef, layer_state)(x_BxLxD, positions_BxL, segment_ids_BxL,
+                                                cache, index, prefill)
+
+      if cfg.scan_layers:
+        x_BxLxD, (k_YxBxLxKxH, v_YxBxLxKxH) = jax.lax.scan(
+            lambda x, s: layer(x, *s), x_BxLxD,
+            (stacked, jnp.arange(cfg.n_layers, dtype=jnp.int32)))
+      else:
+        kvs = []
+        for i in range(cfg.n_layers):
+          x_BxLxD, kv = layer(x_BxLxD, jax.tree.map(lambda a, i=i: a[i], stacked), i)
+          kvs.append(kv)
+        k_YxBxLxKxH, v_YxBxLxKxH = (jnp.stack(x) for x in zip(*kvs))
+      cache = cache.write(k_YxBxLxKxH, v_YxBxLxKxH)
 
     with jax.named_scope("head"):
       x_BxLxD = rms_norm(x_BxLxD, self.final_norm[...], cfg.norm_eps)
       logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, self.lm_head[...].astype(dt),
                                 preferred_element_type=jnp.float32)
       logits_BxLxV = constrain(logits_BxLxV, ("act_batch", "act_len", "act_vocab"))
-      return context_parallel.from_balanced(logits_BxLxV, shards)
+      logits_BxLxV = context_parallel.from_balanced(logits_BxLxV, shards)
+    return logits_BxLxV if cache is None else (logits_BxLxV, cache)
 
 
 def param_count(state) -> int:

@@ -1,16 +1,23 @@
 """Batched generation with a KV cache: prefill the prompts, then one token per step.
 
-Two loops over one jitted step:
+The model is `jpeglm.model.Transformer` itself, run with a `jpeglm.decoding.KVCache`: the
+prompt's prefill uses the model's attention kernel, each decode step attends only to the
+filled part of the cache. Two loops:
   - free sampling runs entirely on the device (`lax.while_loop`, stops when every row has
     emitted EOS or the context is full);
   - syntax-safe sampling returns to the host after each token, where `JpegGrammar` works
-    out which tokens keep each row's stream decodable and hands that mask to the next step.
+    out which tokens keep each row's stream decodable. Choosing a token and running it
+    through the model are two device calls, so the host computes the next mask while the
+    device runs the model.
+
+Prompts are left-padded to a common length, rounded up (`prefill_length`) so that prompts
+of nearby lengths share one compiled prefill and the prefill tiles the attention kernel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import time
 from collections.abc import Sequence
 
@@ -18,10 +25,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jpeglm.decoding import KVCache
 from jpeglm.errors import JpeglmError
 from jpeglm.model import ModelConfig
 from jpeglm.sampling import kv_cache
 from jpeglm.sampling.next_token import choose
+
+# Prompts are left-padded to a multiple of this (or of the splash blocks, when longer).
+PREFILL_MULTIPLE = 128
+
+
+def prefill_length(longest: int, cfg: ModelConfig) -> int:
+  """Slots a batch's prompts are padded to: a multiple of PREFILL_MULTIPLE, and beyond one
+  splash block a multiple of the blocks (splash tiles the prompt by them)."""
+  multiple = PREFILL_MULTIPLE
+  block = max(cfg.attention_block_q, cfg.attention_block_kv)
+  if longest > multiple and cfg.attention_kernel == "splash":
+    multiple = block if longest > block else multiple
+  return -(-longest // multiple) * multiple
+
+
+def max_prefill_padding(cfg: ModelConfig) -> int:
+  """Most slots `prefill_length` may add: the cache holds max_len plus this."""
+  return max(PREFILL_MULTIPLE, cfg.attention_block_q, cfg.attention_block_kv) - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +70,9 @@ class Generator:
 
   def __init__(self, params: dict, cfg: ModelConfig, eos_id: int, max_len: int,
                settings: SamplingSettings, grammar=None, pieces: Sequence[bytes] | None = None,
-               banned: Sequence[int] = ()):
-    """`banned`: ids never generated (unk and bos: neither stands for bytes)."""
+               banned: Sequence[int] = (), mesh: jax.sharding.Mesh | None = None):
+    """`banned`: ids never generated (unk and bos: neither stands for bytes). `mesh`: the
+    mesh the parameters are laid out on; the model's sharding rules then apply."""
     self.params = params
     base = np.ones(cfg.vocab_size, bool)
     base[list(banned)] = False
@@ -58,39 +85,52 @@ class Generator:
     self.pieces = list(pieces) if pieces is not None else None
     if grammar is not None and pieces is None:
       raise ValueError("syntax-safe sampling needs the tokenizer's pieces")
-    self._prefill = jax.jit(functools.partial(kv_cache.forward, cfg=cfg))
-    self._step = jax.jit(self._step_impl, donate_argnames=("cache",))
-    self._run = jax.jit(self._run_impl, donate_argnames=("buffer",))
+    self.mesh = mesh
+    self.cache_size = max_len + max_prefill_padding(cfg)
+    self._prefill = jax.jit(self._prefill_impl)
+    self._choose = jax.jit(self._choose_impl)
+    self._forward = jax.jit(self._forward_impl, donate_argnames=("cache",))
+    self._run = jax.jit(self._run_impl, donate_argnames=("cache", "buffer"))
+
+  def _mesh(self):
+    return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
   # ---- device side --------------------------------------------------------------------------
 
-  def _step_impl(self, params, cache, logits_BxV, slot, pad_B, done_B, key, allowed_BxV):
-    """Chooses the token for `slot`, then runs it through the model for slot + 1."""
+  def _prefill_impl(self, params, tokens_BxP, starts_B):
+    cache = kv_cache.init_cache(self.cfg, tokens_BxP.shape[0], self.cache_size, starts_B)
+    logits_BxPxV, cache = kv_cache.model(params, self.cfg)(tokens_BxP, cache=cache, prefill=True)
+    return logits_BxPxV[:, -1], cache
+
+  def _choose_impl(self, logits_BxV, done_B, key, allowed_BxV):
     s = self.settings
     allowed_BxV = (self._base_allowed_V[None, :] if allowed_BxV is None
                    else allowed_BxV & self._base_allowed_V[None, :])
     token_B = choose(key, logits_BxV, s.temperature, s.top_k, s.top_p, allowed_BxV)
-    token_B = jnp.where(done_B, self.eos_id, token_B)
-    logits_Bx1xV, cache = kv_cache.forward(params, self.cfg, token_B[:, None], slot, pad_B, cache)
-    return token_B, logits_Bx1xV[:, 0], cache
+    return jnp.where(done_B, self.eos_id, token_B)
 
-  def _run_impl(self, params, cache, logits_BxV, start, pad_B, key, buffer, stop):
+  def _forward_impl(self, params, cache: KVCache, token_B):
+    """The token at the cache's next slot -> logits for the slot after it."""
+    logits_Bx1xV, cache = kv_cache.model(params, self.cfg)(token_B[:, None], cache=cache)
+    return logits_Bx1xV[:, 0], cache
+
+  def _run_impl(self, params, cache, logits_BxV, key, buffer, stop):
     def cond(carry):
-      slot, _, _, done_B, _, _ = carry
-      return (slot < stop) & ~jnp.all(done_B)
+      cache, _, done_B, _, _ = carry
+      return (cache.length < stop) & ~jnp.all(done_B)
 
     def body(carry):
-      slot, cache, logits_BxV, done_B, key, buffer = carry
+      cache, logits_BxV, done_B, key, buffer = carry
       key, sub = jax.random.split(key)
-      token_B, logits_BxV, cache = self._step_impl(params, cache, logits_BxV, slot, pad_B,
-                                                   done_B, sub, None)
-      buffer = jax.lax.dynamic_update_slice_in_dim(buffer, token_B[:, None], slot, 1)
-      return slot + 1, cache, logits_BxV, done_B | (token_B == self.eos_id), key, buffer
+      token_B = self._choose_impl(logits_BxV, done_B, sub, None)
+      buffer = jax.lax.dynamic_update_slice_in_dim(buffer, token_B[:, None], cache.length, 1)
+      logits_BxV, cache = self._forward_impl(params, cache, token_B)
+      return cache, logits_BxV, done_B | (token_B == self.eos_id), key, buffer
 
-    done_B = jnp.zeros(pad_B.shape, bool)
-    slot, _, _, _, _, buffer = jax.lax.while_loop(
-        cond, body, (start, cache, logits_BxV, done_B, key, buffer))
-    return buffer, slot
+    done_B = jnp.zeros(cache.starts_B.shape, bool)
+    cache, _, _, _, buffer = jax.lax.while_loop(
+        cond, body, (cache, logits_BxV, done_B, key, buffer))
+    return buffer, cache.length
 
   # ---- host side ----------------------------------------------------------------------------
 
@@ -103,23 +143,24 @@ class Generator:
     if longest >= self.max_len:
       raise JpeglmError(f"a prompt of {longest} tokens leaves no room in the {self.max_len}-token "
                         "context (model.max_len)")
-    stop = self.max_len if max_new_tokens is None else min(self.max_len, longest + max_new_tokens)
-    pad_B = np.array([longest - len(p) for p in prompts], np.int32)
-    tokens_BxP = np.zeros((batch, longest), np.int32)
+    new = self.max_len - longest if max_new_tokens is None else min(self.max_len - longest,
+                                                                     max_new_tokens)
+    width = prefill_length(longest, self.cfg)
+    starts_B = np.array([width - len(p) for p in prompts], np.int32)
+    tokens_BxP = np.zeros((batch, width), np.int32)
     for b, p in enumerate(prompts):
-      tokens_BxP[b, pad_B[b]:] = p
-    cache = kv_cache.init_cache(self.cfg, batch, self.max_len)
-    logits_BxPxV, cache = self._prefill(self.params, tokens_BxT=jnp.asarray(tokens_BxP),
-                                        slot=jnp.int32(0), pad_B=jnp.asarray(pad_B), cache=cache)
-    logits_BxV = logits_BxPxV[:, -1]
+      tokens_BxP[b, starts_B[b]:] = p
     key = jax.random.key(seed)
-    if self.grammar is None:
-      buffer = jnp.full((batch, self.max_len), self.eos_id, jnp.int32)
-      buffer, end = self._run(self.params, cache, logits_BxV, jnp.int32(longest),
-                              jnp.asarray(pad_B), key, buffer, jnp.int32(stop))
-      generated = np.asarray(buffer)[:, longest:int(end)]
-    else:
-      generated = self._generate_safe(prompts, cache, logits_BxV, longest, pad_B, key, stop)
+    with self._mesh():
+      logits_BxV, cache = self._prefill(self.params, jnp.asarray(tokens_BxP),
+                                        jnp.asarray(starts_B))
+      if self.grammar is None:
+        buffer = jnp.full((batch, self.cache_size), self.eos_id, jnp.int32)
+        buffer, end = self._run(self.params, cache, logits_BxV, key, buffer,
+                                jnp.int32(width + new))
+        generated = np.asarray(buffer)[:, width:int(end)]
+      else:
+        generated = self._generate_safe(prompts, cache, logits_BxV, key, new)
     seconds = time.perf_counter() - started
     out = []
     for b, p in enumerate(prompts):
@@ -129,23 +170,22 @@ class Generator:
                             ended, seconds))
     return out
 
-  def _generate_safe(self, prompts, cache, logits_BxV, longest, pad_B, key, stop):
+  def _generate_safe(self, prompts, cache, logits_BxV, key, new):
     grammar, pieces = self.grammar, self.pieces
     states = [grammar.advance(grammar.start(), b"".join(pieces[t] for t in p)) for p in prompts]
     if any(s is None for s in states):
       raise ValueError("a prompt is not a valid beginning of this codec's stream")
-    vocab = len(pieces)
-    only_eos = np.zeros(vocab, bool)
+    only_eos = np.zeros(len(pieces), bool)
     only_eos[self.eos_id] = True
     done = np.zeros(len(prompts), bool)
     rows = []
-    pad = jnp.asarray(pad_B)
-    for slot in range(longest, stop):
+    for _ in range(new):
       allowed = np.stack([only_eos if d or grammar.is_complete(s) else grammar.allowed(s, pieces)
                           for s, d in zip(states, done)])
       key, sub = jax.random.split(key)
-      token_B, logits_BxV, cache = self._step(self.params, cache, logits_BxV, jnp.int32(slot),
-                                              pad, jnp.asarray(done), sub, jnp.asarray(allowed))
+      token_B = self._choose(logits_BxV, jnp.asarray(done), sub, jnp.asarray(allowed))
+      # Dispatched before the host reads the token: the next mask is worked out meanwhile.
+      logits_BxV, cache = self._forward(self.params, cache, token_B)
       token_B = np.asarray(token_B)
       rows.append(token_B)
       for b, t in enumerate(token_B):
