@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 
 import jax
@@ -29,6 +30,10 @@ import numpy as np
 from jpeglm.errors import ConfigError
 
 GIB = 1024 ** 3
+
+# Compiling for a topology touches no chip, so several compile checks (parallel tests, a
+# table script) may load libtpu at once; without this the second waits on a lock file.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 # Published per-chip peaks (Cloud TPU system-architecture pages): dense bf16 FLOP/s and
 # HBM bandwidth in bytes/s. Used only for labelled estimates (step-time floor, MFU ceiling).
@@ -219,6 +224,8 @@ def compile_train_step(config: ml_collections.ConfigDict, devices, topology_name
   from jpeglm.train_step import make_train_step
 
   mesh = sharding.make_mesh(config.mesh, devices=devices)
+  sharding.check_batch_layout(config.train.global_batch, config.train.grad_accum,
+                              dict(mesh.shape))
   model_cfg = model_lib.ModelConfig.from_config(config.model, devices[0].platform)
   train = config.train
   optimizer = opt_lib.make_optimizer(train)
@@ -318,8 +325,12 @@ def analytic_report(config: ml_collections.ConfigDict, topology: Topology | None
 
 
 def check(config: ml_collections.ConfigDict, topology_name: str,
-          analytic: bool = False) -> FitReport:
-  """Compile-check `config` for `topology_name` ('local' or a Cloud TPU slice name)."""
+          analytic: bool = False, estimate: bool = True) -> FitReport:
+  """Compile-check `config` for `topology_name` ('local' or a Cloud TPU slice name).
+
+  On a TPU, a config that fits also gets the labelled estimates (step-time floor, MFU
+  ceiling): two more small compiles (`estimate=False` skips them).
+  """
   from jpeglm import sharding
 
   if topology_name == "local":
@@ -341,4 +352,21 @@ def check(config: ml_collections.ConfigDict, topology_name: str,
   report = compile_train_step(config, devices, topology.name, topology.hbm_bytes,
                               CHIP_PEAKS[topology.generation])
   report.method += f", {topology.jax_name} {topology.chip_config}"
+  if report.fits and estimate:
+    _add_step_cost(report, config, devices)
+  else:
+    report.peaks = None  # the scanned program's raw costs are no basis for an estimate
   return report
+
+
+def _add_step_cost(report: FitReport, config: ml_collections.ConfigDict, devices) -> None:
+  """Replaces the scanned program's raw costs with the whole step's (jpeglm.step_cost)."""
+  from jpeglm import step_cost
+
+  def costs(small):
+    r = compile_train_step(small, devices, report.topology, None)
+    return r.flops or 0.0, r.bytes_accessed or 0.0
+
+  cost = step_cost.estimate(
+      config, costs, step_cost.executed_flops(config, report.mesh, devices[0].platform))
+  report.flops, report.bytes_accessed = cost.flops, cost.bytes_accessed

@@ -89,6 +89,24 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | Mapping[str, int],
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 
+def check_batch_layout(global_batch: int, grad_accum: int, axis_sizes: Mapping[str, int]) -> None:
+  """Refuses a batch whose micro-batches cannot be split over the data axes.
+
+  `logical_to_spec` replicates a dimension an axis does not divide: for parameters that is
+  a safe fallback, for the batch it means every device runs every row (a silent N-fold
+  waste, and out of memory at 7B scale).
+  """
+  if grad_accum < 1 or global_batch % grad_accum:
+    raise ConfigError(f"train.global_batch={global_batch} is not a multiple of "
+                      f"train.grad_accum={grad_accum}")
+  rows, ways = global_batch // grad_accum, axis_sizes.get("data", 1) * axis_sizes.get("fsdp", 1)
+  if rows % ways:
+    raise ConfigError(
+        f"a micro-batch of {rows} rows (train.global_batch={global_batch} / "
+        f"train.grad_accum={grad_accum}) does not split over data x fsdp = {ways} devices: "
+        "lower grad_accum, raise global_batch, or move devices to mesh.context or mesh.tensor")
+
+
 def logical_to_spec(names: Sequence[str | None], shape: Sequence[int],
                     axis_sizes: Mapping[str, int]) -> P:
   """PartitionSpec for an array of `shape` whose dimensions have logical `names`.

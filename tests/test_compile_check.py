@@ -66,3 +66,28 @@ def test_v5e_is_too_small_for_7b_analytically():
   config = load_config("configs/jpeglm.py:size=7b", ["--config.mesh.fsdp=8"])
   report = check(config, "v5e-8", analytic=True)
   assert report.fits is False and report.hbm_bytes == 16 * GIB
+
+
+def _libtpu_missing() -> str:
+  try:
+    import libtpu  # noqa: F401  (the `tpu` extra)
+  except ImportError:
+    return "needs libtpu: pip install 'jpeglm[tpu]' (the TPU compiler; no TPU needed)"
+  return ""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(_libtpu_missing()), reason=_libtpu_missing() or "libtpu present")
+def test_7b_jpeg_fits_v5p_16_with_splash():
+  config = load_config("configs/jpeglm.py:size=7b,codec=jpeg",
+                       ["--config.model.remat=full", "--config.train.grad_accum=2"])
+  report = check(config, "v5p-16")
+  assert report.method.startswith("compiled ahead of time (tpu)"), report.method
+  assert report.attention == "splash"  # model.attention=auto on a TPU
+  assert report.fits, report.lines()
+  assert report.peak_bytes < 0.8 * report.hbm_bytes
+  # The labelled estimates exist and are plausible: below 100% MFU, above 10%.
+  assert 0.1 < report.mfu_ceiling < 1.0, report.lines()
+  # XLA's attention on the same slice and layout does not fit: splash is what makes it.
+  config.model.attention = "xla"
+  assert check(config, "v5p-16", estimate=False).fits is False

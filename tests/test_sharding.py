@@ -184,3 +184,11 @@ def test_two_processes_equal_single_device(reference):
   for r in results:
     np.testing.assert_allclose(r["loss"], float(ref_loss), rtol=1e-5)
     np.testing.assert_allclose(r["grad_sq"], ref_sq, rtol=1e-5)
+
+
+def test_a_batch_that_cannot_split_over_the_data_axes_is_refused():
+  sharding.check_batch_layout(64, 2, {"data": 2, "fsdp": 16, "tensor": 2})
+  with pytest.raises(ConfigError, match="a micro-batch of 32 rows .* data x fsdp = 64 devices"):
+    sharding.check_batch_layout(64, 2, {"data": 1, "fsdp": 64})
+  with pytest.raises(ConfigError, match="not a multiple of train.grad_accum=3"):
+    sharding.check_batch_layout(64, 3, {"fsdp": 1})
