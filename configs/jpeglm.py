@@ -109,8 +109,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.scan_layers = True
   # jpeglm.remat: none, save_matmuls, minimal, save_attention, save_qkv_proj,
   # offload_attention, full. "save_attention" keeps q/k/v and attention's output, so the
-  # backward pass never reruns attention, the costly part at 12,288+ tokens.
-  c.model.remat = "none" if size in ("tiny", "small") else "save_attention"
+  # backward pass never reruns attention, the costly part at 12,288+ tokens; 7b uses "full",
+  # which fits the slices in launch/README.md's table (v5p-16, v4-64, ...).
+  c.model.remat = {"tiny": "none", "small": "none", "1b": "save_attention"}.get(size, "full")
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = 1

@@ -263,7 +263,11 @@ class Transformer(nnx.Module):
     if segment_ids_BxL is not None:
       segment_ids_BxL = context_parallel.to_balanced(segment_ids_BxL, shards)
     with jax.named_scope("embed"):
-      x_BxLxD = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(dt)
+      # The table gathered over fsdp first (V x D is small: 320 or 1,024 rows), so the
+      # lookup lands straight in the activations' layout; else GSPMD replicates it.
+      table_VxD = constrain(self.embed[...], ("vocab", None))
+      tokens_BxL = constrain(tokens_BxL, ("act_batch", "act_len"))
+      x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(dt)
       x_BxLxD = constrain(x_BxLxD, ("act_batch", "act_len", "act_embed"))
 
     graphdef, stacked = nnx.split(self.blocks)
