@@ -6,7 +6,7 @@ import pytest
 
 from data_pipeline.media_files import builtin_photos
 from jpeglm.codecs import CodecError, JpegCodec, open_image
-from jpeglm.codecs import jpeg_stream
+from jpeglm.codecs import jpeg_huffman, jpeg_stream
 from jpeglm.codecs.jpeg_grammar import JpegGrammar
 from jpeglm.tokenizer import ByteTokenizer
 
@@ -83,3 +83,21 @@ def test_random_token_walks_always_decode(small, tmp_path):
 def test_needs_restart_markers():
   with pytest.raises(CodecError, match="restart"):
     JpegGrammar(JpegCodec(size=64, restart_every_mcu=False))
+
+
+def test_canonical_codes_are_the_standard_luminance_dc_codes():
+  """T.81 Table K.3: DC luminance sizes 0..11 and their codes."""
+  codec = JpegCodec()
+  (dc_luma,) = [t for t in codec.huffman_tables if (t.table_class, t.table_id) == (0, 0)]
+  codes = {symbol: format(code, f"0{length}b")
+           for length, code, symbol in jpeg_huffman.canonical_codes(dc_luma)}
+  assert codes == {0: "00", 1: "010", 2: "011", 3: "100", 4: "101", 5: "110", 6: "1110",
+                   7: "11110", 8: "111110", 9: "1111110", 10: "11111110", 11: "111111110"}
+
+
+def test_ac_rules_eob_zrl_and_overruns():
+  next_k = jpeg_huffman.NEXT_K
+  assert next_k[1][0x00] == next_k[63][0x00] == 64  # EOB ends the block anywhere
+  assert next_k[48][0xF0] == 64 and next_k[49][0xF0] == -1  # ZRL: 16 zeros must fit
+  assert next_k[1][0x31] == 5 and next_k[60][0x31] == 64 and next_k[61][0x31] == -1
+  assert jpeg_huffman.LAST_K[0xF0] == 48 and jpeg_huffman.LAST_K[0xA5] == 53

@@ -109,7 +109,7 @@ class JpegCodec:
     header = self.header(data)
     layout = jpeg_stream.scan_layout(data, header.scan_start)
     tables = b"" if header.has_quant_tables else self.tables
-    extra = () if header.huffman_tables else self._table_segments
+    extra = () if header.huffman_tables else self.huffman_tables
     checked = jpeg_huffman.valid_mcus(data, header, layout.restart_offsets, layout.end, extra)
     problems = []
     if layout.end_marker != jpeg_stream.EOI:
@@ -156,7 +156,9 @@ class JpegCodec:
     return data[:end + 2] if end >= 0 else data + b"\xff\xd9"
 
   @functools.cached_property
-  def _table_segments(self) -> tuple[jpeg_stream.HuffmanTable, ...]:
+  def huffman_tables(self) -> tuple[jpeg_stream.HuffmanTable, ...]:
+    """The Huffman tables this codec's streams are coded with (Pillow's standard ones): the
+    ones a stripped stream leaves out."""
     return jpeg_stream.parse_header(self._tables_probe, self.max_pixels).huffman_tables
 
   @functools.cached_property

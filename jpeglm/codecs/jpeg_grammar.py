@@ -18,9 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from jpeglm.codecs import jpeg_stream
+from jpeglm.codecs import jpeg_huffman, jpeg_stream
 from jpeglm.codecs.errors import CodecError
 from jpeglm.codecs.jpeg import JpegCodec
+from jpeglm.codecs.jpeg_huffman import BLOCK_END, LAST_K, MAX_DC_SIZE, NEXT_K
 
 HEADER, SCAN, MARKER_FF, MARKER_CODE, STUFFED_ZERO, DONE = range(6)
 _INVALID = None
@@ -33,27 +34,14 @@ class _Huffman:
   def __init__(self, table: jpeg_stream.HuffmanTable):
     self.codes: dict[tuple[int, int], int] = {}
     below: dict[tuple[int, int], list[int]] = {}
-    code, k = 0, 0
-    for length in range(1, 17):
-      for _ in range(table.counts[length - 1]):
-        self.codes[(length, code)] = table.symbols[k]
-        for n in range(1, length):
-          below.setdefault((n, code >> (length - n)), []).append(table.symbols[k])
-        code += 1
-        k += 1
-      code <<= 1
-    # prefix -> the largest coefficient index k at which some code below it is still valid
+    for length, code, symbol in jpeg_huffman.canonical_codes(table):
+      self.codes[(length, code)] = symbol
+      for n in range(1, length):
+        below.setdefault((n, code >> (length - n)), []).append(symbol)
+    # prefix -> the largest AC coefficient index k at which some code below it is valid
+    # (DC tables need no such check: every DC prefix leads to some size <= 11)
     self.last_k: dict[tuple[int, int], int] = {
-        prefix: max(_last_valid_k(s) for s in symbols) for prefix, symbols in below.items()}
-
-
-def _last_valid_k(symbol: int) -> int:
-  """Largest k (0 = DC, 1..63 = AC position) at which `symbol` may appear, for AC tables;
-  DC symbols are checked separately (size <= 11)."""
-  run, size = symbol >> 4, symbol & 15
-  if size == 0:
-    return 63 if run == 0 else (48 if run == 15 else -1)  # EOB anywhere; ZRL must fit 16
-  return 63 - run
+        prefix: max(LAST_K[s] for s in symbols) for prefix, symbols in below.items()}
 
 
 class JpegGrammar:
@@ -66,13 +54,11 @@ class JpegGrammar:
     if header.sof_marker not in jpeg_stream.BASELINE_SOF:
       raise CodecError("syntax-safe decoding needs baseline JPEG")
     self.header_bytes = stream[:header.scan_start]
-    tables = header.huffman_tables or codec._table_segments  # stripped streams: the standard set
-    found = {(t.table_class, t.table_id): _Huffman(t) for t in tables}
-    comps = {c.id: c for c in header.components}
-    self._blocks = []
-    for comp_id, dc_id, ac_id in header.scan_components:
-      count = comps[comp_id].h * comps[comp_id].v if header.interleaved else 1
-      self._blocks += [(found[(0, dc_id)], found[(1, ac_id)])] * count
+    blocks = jpeg_huffman.mcu_blocks(header, codec.huffman_tables)
+    if blocks is None:
+      raise CodecError("the codec's header names Huffman tables it does not have")
+    coded = {t: _Huffman(t) for t in {t for block in blocks for t in block}}
+    self._blocks = [(coded[dc], coded[ac]) for dc, ac in blocks]
     if header.restart_interval != 1:
       raise CodecError("syntax-safe decoding needs a restart marker after every MCU "
                        "(codec.restart_every_mcu=True)")
@@ -162,26 +148,14 @@ class JpegGrammar:
           continue
         code = code_len = 0
         if k == 0:
-          if symbol > 11:
+          if symbol > MAX_DC_SIZE:
             return _INVALID
           k, value_bits = 1, symbol
         else:
-          run, size = symbol >> 4, symbol & 15
-          if size == 0:
-            if run == 15:
-              k += 16
-              if k > 64:
-                return _INVALID
-            elif run == 0:
-              k = 64  # end of block
-            else:
-              return _INVALID
-          else:
-            k += run
-            if k > 63:
-              return _INVALID
-            k, value_bits = k + 1, size
-      if value_bits == 0 and k == 64:
+          k, value_bits = NEXT_K[k][symbol], symbol & 15
+          if k < 0:
+            return _INVALID
+      if value_bits == 0 and k == BLOCK_END:
         block, k = block + 1, 0
         if block == len(self._blocks):
           block = 0
