@@ -113,13 +113,14 @@ def parse_topology(name: str) -> Topology:
                   chips_per_host_bounds=bounds)
 
 
-def tpu_devices(topology: Topology) -> list:
-  """The topology's (compile-only) devices; raises RuntimeError when libtpu is missing."""
+def tpu_devices(topology: Topology, num_slices: int = 1) -> list:
+  """The topology's (compile-only) devices, `num_slices` slices of it (joined over DCN);
+  raises RuntimeError when libtpu is missing."""
   from jax.experimental import topologies
 
   desc = topologies.get_topology_desc(
       platform="tpu", topology_name=topology.jax_name, chip_config_name=topology.chip_config,
-      chips_per_host_bounds=topology.chips_per_host_bounds, num_slices=1,
+      chips_per_host_bounds=topology.chips_per_host_bounds, num_slices=num_slices,
       wrap=(False, False, False))
   return list(desc.devices)
 
@@ -325,14 +326,20 @@ def analytic_report(config: ml_collections.ConfigDict, topology: Topology | None
 
 
 def check(config: ml_collections.ConfigDict, topology_name: str,
-          analytic: bool = False, estimate: bool = True) -> FitReport:
+          analytic: bool = False, estimate: bool = True, num_slices: int = 1) -> FitReport:
   """Compile-check `config` for `topology_name` ('local' or a Cloud TPU slice name).
 
   On a TPU, a config that fits also gets the labelled estimates (step-time floor, MFU
-  ceiling): two more small compiles (`estimate=False` skips them).
+  ceiling): two more small compiles (`estimate=False` skips them). `num_slices` > 1: that
+  many slices joined over DCN, data parallel across them (`mesh.dcn_data`).
   """
   from jpeglm import sharding
 
+  if num_slices > 1:
+    if sharding.dcn_data(config.mesh) not in (1, num_slices):
+      raise ConfigError(f"mesh.dcn_data={config.mesh.dcn_data} but --num-slices {num_slices}")
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.mesh.dcn_data = num_slices
   if topology_name == "local":
     devices = jax.devices()
     sharding.mesh_shape(config.mesh, len(devices))
@@ -340,16 +347,17 @@ def check(config: ml_collections.ConfigDict, topology_name: str,
       return analytic_report(config, None, len(devices), "asked for --analytic")
     return compile_train_step(config, devices, "local", None)
   topology = parse_topology(topology_name)
-  sharding.mesh_shape(config.mesh, topology.devices)  # a one-line error if it cannot fit
+  count = topology.devices * num_slices
+  sharding.mesh_shape(config.mesh, count)  # a one-line error if it cannot fit
   if analytic:
-    return analytic_report(config, topology, topology.devices, "asked for --analytic")
+    return analytic_report(config, topology, count, "asked for --analytic")
   try:
-    devices = tpu_devices(topology)
+    devices = tpu_devices(topology, num_slices)
   except Exception as e:  # no libtpu: RuntimeError / ValueError depending on the version
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-    return analytic_report(config, topology, topology.devices,
-                           f"no TPU compiler available ({first})")
-  report = compile_train_step(config, devices, topology.name, topology.hbm_bytes,
+    return analytic_report(config, topology, count, f"no TPU compiler available ({first})")
+  name = topology.name if num_slices == 1 else f"{num_slices} x {topology.name}"
+  report = compile_train_step(config, devices, name, topology.hbm_bytes,
                               CHIP_PEAKS[topology.generation])
   report.method += f", {topology.jax_name} {topology.chip_config}"
   if report.fits and estimate:

@@ -57,9 +57,26 @@ RULES: dict[str, tuple[str, ...]] = {
 }
 
 
+def dcn_data(mesh_config: ml_collections.ConfigDict | Mapping[str, int]) -> int:
+  """Slices joined over the data-centre network (`mesh.dcn_data`, default 1)."""
+  slices = int(mesh_config.get("dcn_data", 1))
+  if slices < 1:
+    raise ConfigError(f"mesh.dcn_data={slices}: the number of slices must be positive")
+  return slices
+
+
 def mesh_shape(mesh_config: ml_collections.ConfigDict | Mapping[str, int],
                num_devices: int) -> tuple[int, ...]:
-  """Resolves (data, fsdp, context, tensor) sizes; one of them may be -1 (the rest)."""
+  """Resolves (data, fsdp, context, tensor) sizes; one of them may be -1 (the rest).
+
+  With `mesh.dcn_data` = S slices, the sizes describe one slice (num_devices / S devices)
+  and `data` comes back multiplied by S: data parallelism across slices is the outer part
+  of the `data` axis, so the rules table and batch layout need nothing new.
+  """
+  slices = dcn_data(mesh_config)
+  if num_devices % slices:
+    raise ConfigError(f"mesh.dcn_data={slices} does not divide the {num_devices} devices")
+  num_devices //= slices
   sizes = [int(mesh_config.get(a, 1)) for a in MESH_AXES]
   rest = [i for i, s in enumerate(sizes) if s == -1]
   if len(rest) > 1:
@@ -74,7 +91,8 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict | Mapping[str, int],
     sizes[rest[0]] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                      f"but there are {num_devices}")
+                      f"but there are {num_devices}" + (" per slice" if slices > 1 else ""))
+  sizes[0] *= slices
   return tuple(sizes)
 
 
@@ -84,9 +102,37 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | Mapping[str, int],
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(mesh_config, len(devices))
   auto = (AxisType.Auto,) * len(MESH_AXES)
+  slices = dcn_data(mesh_config)
+  if slices > 1:
+    return Mesh(_hybrid_devices(devices, shape, slices), MESH_AXES, axis_types=auto)
   if len(devices) == len(jax.devices()):
     return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def _hybrid_devices(devices: Sequence[jax.Device], shape: Sequence[int], slices: int
+                    ) -> np.ndarray:
+  """Devices for a mesh whose `data` axis runs over `slices` slices (DCN) outermost, with
+  every other axis inside one slice (ICI).
+
+  TPU devices name their slice (`slice_index`); elsewhere processes stand in for slices
+  when there are as many, and on one process consecutive groups of devices do (tests).
+  """
+  from jax.experimental import mesh_utils
+
+  per_slice = (shape[0] // slices, *shape[1:])
+  dcn_shape = (slices,) + (1,) * (len(shape) - 1)
+  slice_ids = {getattr(d, "slice_index", None) for d in devices}
+  if None not in slice_ids and len(slice_ids) == slices:
+    return mesh_utils.create_hybrid_device_mesh(per_slice, dcn_shape, devices)
+  if len({d.process_index for d in devices}) == slices:
+    return mesh_utils.create_hybrid_device_mesh(per_slice, dcn_shape, devices,
+                                                process_is_granule=True)
+  if jax.process_count() > 1 or slice_ids - {None, 0}:
+    raise ConfigError(f"mesh.dcn_data={slices}: the devices come from "
+                      f"{len(slice_ids - {None}) or jax.process_count()} slices or processes")
+  groups = np.asarray(devices, dtype=object).reshape(slices, -1)
+  return np.concatenate([g.reshape(per_slice) for g in groups], axis=0)
 
 
 def check_batch_layout(global_batch: int, grad_accum: int, axis_sizes: Mapping[str, int]) -> None:

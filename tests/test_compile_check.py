@@ -91,3 +91,13 @@ def test_7b_jpeg_fits_v5p_16_with_splash():
   # XLA's attention on the same slice and layout does not fit: splash is what makes it.
   config.model.attention = "xla"
   assert check(config, "v5p-16", estimate=False).fits is False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(_libtpu_missing()), reason=_libtpu_missing() or "libtpu present")
+def test_two_slices_compile_with_data_parallelism_over_dcn(capsys):
+  code = main(["compile-check", "--config", CONFIG, "--topology", "v5p-8", "--num-slices", "2"])
+  out = capsys.readouterr().out
+  assert code == 0, out
+  assert "topology 2 x v5p-8: 8 devices, mesh data=2 x fsdp=4" in out
+  assert "FITS" in out

@@ -192,3 +192,21 @@ def test_a_batch_that_cannot_split_over_the_data_axes_is_refused():
     sharding.check_batch_layout(64, 2, {"data": 1, "fsdp": 64})
   with pytest.raises(ConfigError, match="not a multiple of train.grad_accum=3"):
     sharding.check_batch_layout(64, 3, {"fsdp": 1})
+
+
+def test_multislice_mesh_puts_slices_outermost_on_data_and_matches_one_device(reference):
+  graphdef, params, ref_loss, ref_grads = reference
+  config = {"dcn_data": 2, "data": 1, "fsdp": -1, "context": 1, "tensor": 2}
+  assert sharding.mesh_shape(config, 8) == (2, 2, 1, 2)
+  mesh = sharding.make_mesh(config)
+  # One process of fake devices: devices 0-3 stand in for slice 0, 4-7 for slice 1.
+  ids = np.vectorize(lambda d: d.id)(mesh.devices)
+  assert set(ids[0].ravel()) == {0, 1, 2, 3} and set(ids[1].ravel()) == {4, 5, 6, 7}
+  shardings = sharding.state_shardings(params, mesh)
+  with jax.set_mesh(mesh):
+    loss, grads = jax.jit(loss_and_grads, static_argnums=0, out_shardings=(None, shardings))(
+        graphdef, jax.device_put(params, shardings), sharding.shard_batch(batch(), mesh))
+  assert_close(loss, ref_loss)
+  jax.tree.map(assert_close, grads, ref_grads)
+  with pytest.raises(ConfigError, match="mesh.dcn_data=3 does not divide the 8 devices"):
+    sharding.mesh_shape({**config, "dcn_data": 3}, 8)

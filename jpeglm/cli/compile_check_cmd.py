@@ -16,6 +16,9 @@ def register(subparsers) -> None:
   parser.add_argument("--topology", default="local",
                       help="v5p-64, v4-128, v5e-256, v6e-16, ... or 'local' (this machine's "
                            "devices; default)")
+  parser.add_argument("--num-slices", type=int, default=1,
+                      help="slices joined over the data-centre network (multislice): data "
+                           "parallel across them (mesh.dcn_data)")
   parser.add_argument("--analytic", action="store_true",
                       help="skip the compiler: analytic estimate only")
   parser.set_defaults(func=_run, accepts_overrides=True)
@@ -26,7 +29,7 @@ def _run(args: argparse.Namespace, overrides) -> int:
   from jpeglm.config_io import load_config
 
   config = load_config(args.config, overrides)
-  report = check(config, args.topology, analytic=args.analytic)
+  report = check(config, args.topology, analytic=args.analytic, num_slices=args.num_slices)
   for line in report.lines():
     print(line)
   return 3 if report.fits is False else 0
