@@ -101,3 +101,23 @@ def test_ac_rules_eob_zrl_and_overruns():
   assert next_k[48][0xF0] == 64 and next_k[49][0xF0] == -1  # ZRL: 16 zeros must fit
   assert next_k[1][0x31] == 5 and next_k[60][0x31] == 64 and next_k[61][0x31] == -1
   assert jpeg_huffman.LAST_K[0xF0] == 48 and jpeg_huffman.LAST_K[0xA5] == 53
+
+
+def test_memoised_masks_equal_masks_worked_out_afresh(tmp_path):
+  """Masks are shared between states MCUs apart: check them at every token boundary of a
+  real 256x256 stream (256 MCUs, every RSTn many times, the last MCUs)."""
+  codec = JpegCodec()
+  grammar = JpegGrammar(codec)
+  streams = [codec.encode(open_image(p)) for p in builtin_photos()]
+  tokenizer = ByteTokenizer.train(streams, 320, tmp_path / "t.model")
+  pieces = [tokenizer.piece_bytes(i) for i in range(tokenizer.vocab_size)]
+  state, shared = grammar.start(), 0
+  for token in tokenizer.encode(streams[3]):
+    seen = len(grammar._masks)
+    mask = grammar.allowed(state, pieces)
+    shared += len(grammar._masks) == seen
+    fresh = [bool(p) and grammar.advance(state, p) is not None for p in pieces]
+    assert mask.tolist() == fresh, state
+    state = grammar.advance(state, pieces[token])
+  assert grammar.is_complete(state)
+  assert shared > 100  # masks did come from the memo

@@ -8,7 +8,8 @@ each interval, and EOI exactly after the last MCU. Every stream it accepts to th
 completely (`JpegCodec.decode(...).complete`); coefficient *values* are free bits.
 
 Transitions within the scan do not depend on the MCU index, so they are memoised per
-(local state, byte): after warm-up a byte costs one dict lookup.
+(local state, byte): after warm-up a byte costs one dict lookup. Token masks are memoised
+too, per local state and the little of the position a token can reach (`_mask_key`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from jpeglm.codecs.jpeg_huffman import BLOCK_END, LAST_K, MAX_DC_SIZE, NEXT_K
 
 HEADER, SCAN, MARKER_FF, MARKER_CODE, STUFFED_ZERO, DONE = range(6)
 _INVALID = None
+MAX_MASKS = 200_000  # memoised token masks (~0.4 KB each at vocabulary 320)
 
 
 class _Huffman:
@@ -64,6 +66,7 @@ class JpegGrammar:
                        "(codec.restart_every_mcu=True)")
     self.num_mcus = header.num_mcus
     self._memo: dict = {}
+    self._mask_pieces, self._masks, self._reach = None, {}, 0
 
   # A state is (mode, position, local): position is the header offset or the MCUs finished;
   # local is (block, k, code, code_len, value_bits, padding) inside the scan.
@@ -83,8 +86,30 @@ class JpegGrammar:
 
   def allowed(self, state, pieces: Sequence[bytes]) -> np.ndarray:
     """Mask over tokens: which pieces (the bytes of each token id) keep the stream valid.
-    Empty pieces (specials) are False; the caller decides about EOS at a complete state."""
-    return np.array([bool(p) and self.advance(state, p) is not None for p in pieces], dtype=bool)
+    Empty pieces (specials) are False; the caller decides about EOS at a complete state.
+    The mask is shared between calls: read it, do not write to it."""
+    if pieces is not self._mask_pieces:
+      self._mask_pieces, self._masks = pieces, {}
+      self._reach = max(len(p) for p in pieces) + 1
+    key = self._mask_key(state)
+    mask = self._masks.get(key)
+    if mask is None:
+      if len(self._masks) >= MAX_MASKS:
+        self._masks.clear()
+      mask = self._masks[key] = np.array(
+          [bool(p) and self.advance(state, p) is not None for p in pieces], dtype=bool)
+    return mask
+
+  def _mask_key(self, state):
+    """What the mask at `state` depends on: within one token (a few bytes, at most one MCU
+    each) the position matters only through the RSTn due next (position mod 8) and whether
+    the last MCU is within reach; so states MCUs apart share a mask."""
+    mode, position, local = state
+    if mode in (HEADER, DONE):
+      return state
+    if mode == STUFFED_ZERO:
+      local = (local[0], local[2])  # the state after the stuffed zero, at the same position
+    return mode, position % 8, min(self.num_mcus - position, self._reach), local
 
   # ---- the automaton ----------------------------------------------------------------------
 
