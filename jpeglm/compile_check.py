@@ -35,15 +35,6 @@ GIB = 1024 ** 3
 # table script) may load libtpu at once; without this the second waits on a lock file.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-# Published per-chip peaks (Cloud TPU system-architecture pages): dense bf16 FLOP/s and
-# HBM bandwidth in bytes/s. Used only for labelled estimates (step-time floor, MFU ceiling).
-CHIP_PEAKS = {
-    "v4": (275e12, 1228e9),
-    "v5p": (459e12, 2765e9),
-    "v5e": (197e12, 819e9),
-    "v6e": (918e12, 1640e9),
-}
-
 # generation -> (JAX topology prefix, chip config, TensorCores per Cloud-name unit, HBM per
 # device, chips per host, dimensions of the chip grid)
 _GENERATIONS = {
@@ -144,6 +135,7 @@ class FitReport:
   bytes_accessed: float | None = None  # per device per step (HBM traffic)
   model_flops: float | None = None  # per step, all devices (jpeglm.flops convention)
   peaks: tuple[float, float] | None = None  # (FLOP/s, HBM bytes/s) of one device
+  collective_bytes: dict[str, float] | None = None  # per device per step, by kind
 
   @property
   def step_seconds_floor(self) -> float | None:
@@ -265,6 +257,8 @@ def compile_train_step(config: ml_collections.ConfigDict, devices, topology_name
       report.peak_bytes = required
       report.note = "RESOURCE_EXHAUSTED from the TPU compiler: " + m.group(0)
       return report
+  from jpeglm.collectives import collective_bytes
+  report.collective_bytes = collective_bytes(compiled.as_text())
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   if cost:
@@ -357,8 +351,10 @@ def check(config: ml_collections.ConfigDict, topology_name: str,
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
     return analytic_report(config, topology, count, f"no TPU compiler available ({first})")
   name = topology.name if num_slices == 1 else f"{num_slices} x {topology.name}"
+  from jpeglm.tpu_specs import CHIPS
+  chip = CHIPS[topology.generation]
   report = compile_train_step(config, devices, name, topology.hbm_bytes,
-                              CHIP_PEAKS[topology.generation])
+                              (chip.flops, chip.hbm_bandwidth))
   report.method += f", {topology.jax_name} {topology.chip_config}"
   if report.fits and estimate:
     _add_step_cost(report, config, devices)
@@ -373,8 +369,9 @@ def _add_step_cost(report: FitReport, config: ml_collections.ConfigDict, devices
 
   def costs(small):
     r = compile_train_step(small, devices, report.topology, None)
-    return r.flops or 0.0, r.bytes_accessed or 0.0
+    return r.flops or 0.0, r.bytes_accessed or 0.0, r.collective_bytes or {}
 
   cost = step_cost.estimate(
       config, costs, step_cost.executed_flops(config, report.mesh, devices[0].platform))
   report.flops, report.bytes_accessed = cost.flops, cost.bytes_accessed
+  report.collective_bytes = cost.collective_bytes

@@ -31,6 +31,7 @@ class StepCost:
   flops: float  # per device: the larger of the compiled count and the arithmetic
   bytes_accessed: float  # per device (HBM traffic)
   compiled_flops: float  # per device, XLA's cost analysis extrapolated (for the record)
+  collective_bytes: dict[str, float]  # per device, by kind (jpeglm.collectives)
 
 
 # Forward matmuls each remat policy runs again in the backward pass (besides attention).
@@ -71,7 +72,8 @@ def executed_flops(config: ml_collections.ConfigDict, axis_sizes: dict[str, int]
 
 
 def estimate(config: ml_collections.ConfigDict, compile_costs, executed: float) -> StepCost:
-  """`compile_costs(config) -> (flops, bytes)` compiles a config's step for the target;
+  """`compile_costs(config) -> (flops, bytes, {collective: bytes})` compiles a config's
+  step for the target;
   `executed` is `executed_flops` for the same config and mesh."""
   ga = int(config.train.grad_accum)
   measured = []
@@ -82,8 +84,9 @@ def estimate(config: ml_collections.ConfigDict, compile_costs, executed: float) 
     small.train.grad_accum = 1
     small.train.global_batch = config.train.global_batch // ga
     measured.append(compile_costs(small))
-  (f1, b1), (f2, b2) = measured
+  (f1, b1, c1), (f2, b2, c2) = measured
   layers = config.model.n_layers
-  flops = ga * (f1 + (layers - 1) * (f2 - f1))
-  bytes_accessed = ga * (b1 + (layers - 1) * (b2 - b1))
-  return StepCost(max(flops, executed), bytes_accessed, flops)
+  whole = lambda one, two: ga * (one + (layers - 1) * (two - one))
+  comm = {k: max(whole(c1.get(k, 0.0), c2.get(k, 0.0)), 0.0) for k in set(c1) | set(c2)}
+  flops = whole(f1, f2)
+  return StepCost(max(flops, executed), whole(b1, b2), flops, comm)

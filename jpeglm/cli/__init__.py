@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "jpeglm.cli.sample_cmd",
     "jpeglm.cli.eval_cmd",
     "jpeglm.cli.compile_check_cmd",
+    "jpeglm.cli.plan_cmd",
 )
 
 

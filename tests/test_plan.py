@@ -1,0 +1,57 @@
+"""`jpeglm plan`: the search space, and a printed layout that `jpeglm train` runs as is."""
+
+import json
+import os
+import re
+
+import pytest
+
+from jpeglm.cli import main
+from jpeglm.config_io import load_config
+from jpeglm.plan import candidates
+from tests.train_helpers import CONFIG, run_train, tiny_overrides, train_tiny_tokenizer
+
+
+def test_every_candidate_uses_all_devices_and_splits_its_micro_batches():
+  config = load_config("configs/jpeglm.py:size=7b,codec=jpeg")
+  found = candidates(config, 32)
+  assert found and len(set(found)) == len(found)
+  for c in found:
+    assert c.data * c.fsdp * c.context * c.tensor == 32
+    assert (64 // c.grad_accum) % (c.data * c.fsdp) == 0
+    assert 32 % c.tensor == 0 and 12288 % (2 * c.context * 128) == 0
+  assert {c.remat for c in found} >= {"full", "save_attention", "none"}
+  assert {c.context for c in found} == {1, 2, 4} and {c.tensor for c in found} == {1, 2, 4, 8}
+  two = candidates(config, 16, num_slices=2)
+  assert all(c.dcn_data == 2 and "--config.mesh.dcn_data=2" in c.flags() for c in two)
+
+
+def test_plan_prints_a_layout_that_train_runs_as_printed(tmp_path, capsys):
+  tokenizer = train_tiny_tokenizer(tmp_path / "tokenizer.model")
+  sizes = ["--config.data.seq_len=128", "--config.model.max_len=128"]
+  code = main(["plan", "--config", CONFIG, "--topology", "local", "--max-compiles", "2",
+               "--top", "1", "--jobs", "1", "--cache", str(tmp_path / "cache.json"), *sizes])
+  out = capsys.readouterr().out
+  assert code == 0, out
+  best = re.search(r"^best: (.*)$", out, re.M).group(1).split()
+  assert best[0].startswith("--config.mesh.data=") and any("model.remat=" in f for f in best)
+  assert len(json.load(open(tmp_path / "cache.json"))) >= 1  # compiled results are kept
+  workdir = str(tmp_path / "run")
+  # The tiny run's own settings, then the plan's flags exactly as printed.
+  run_train(workdir, tiny_overrides(tokenizer, steps=2) + best)
+  config = json.load(open(os.path.join(workdir, "config.json")))
+  for flag in best:
+    key, value = flag[len("--config."):].split("=")
+    section, name = key.split(".")
+    assert str(config[section][name]) == value
+
+
+@pytest.mark.slow
+def test_plan_7b_jpeg_on_v5p_32_finds_a_layout_that_fits(tmp_path, capsys):
+  pytest.importorskip("libtpu", reason="needs libtpu: pip install 'jpeglm[tpu]'")
+  code = main(["plan", "--config", "configs/jpeglm.py:size=7b,codec=jpeg", "--topology",
+               "v5p-32", "--top", "1", "--max-compiles", "6", "--jobs", "1",
+               "--cache", str(tmp_path / "cache.json")])
+  out = capsys.readouterr().out
+  assert code == 0, out
+  assert re.search(r"^1 \| .* \| yes \|", out, re.M), out
