@@ -180,22 +180,25 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_slices: int = 1,
       if rough.peak_bytes > PRUNE_FACTOR * hbm:
         continue
     scored.append((seconds, c))
-  scored.sort(key=lambda x: x[0])
+  # Fastest arithmetic first; within a layout family the most micro-batches first (least
+  # memory), so one failure rules out the whole family's hungrier members.
+  scored.sort(key=lambda x: (x[0], -x[1].grad_accum))
   log(f"plan: {len(all_candidates)} layouts, {len(scored)} left after the memory estimate; "
       f"compiling at most {max_compiles}, in order of arithmetic step time, {jobs} at a time")
 
   cache = _load_cache(cache_path)
   results: list[Result] = []
-  queue = [c for _, c in scored][:max_compiles]
+  queue = [c for _, c in scored]
+  failed: list[Candidate] = []
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(max_workers=max(jobs, 1),
                                               mp_context=context) as pool:
-    for start in range(0, len(queue), max(jobs, 1)):
-      batch = queue[start:start + max(jobs, 1)]
+    while queue and len(results) < max_compiles:
+      queue = [c for c in queue if not any(_needs_more_memory(c, f) for f in failed)]
+      batch, queue = queue[:max(jobs, 1)], queue[max(jobs, 1):]
       keys = [_cache_key(c.apply(config), topology, num_slices) for c in batch]
-      todo = [(c, k) for c, k in zip(batch, keys) if k not in cache]
       futures = {k: pool.submit(_evaluate, (c.apply(config).to_dict(), topology, num_slices))
-                 for c, k in todo}
+                 for c, k in zip(batch, keys) if k not in cache}
       for k, f in futures.items():
         cache[k] = f.result()
       _save_cache(cache_path, cache)
@@ -203,6 +206,8 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_slices: int = 1,
         r = Result(candidate=c, **{f.name: cache[k].get(f.name) for f in dataclasses.fields(
             Result) if f.name != "candidate"})
         results.append(r)
+        if r.fits is False:
+          failed.append(c)
         log(f"  {c.flags()}: " + ("fits" if r.fits else "does not fit" if r.fits is False
                                   else "compiled") +
             (f", ~{r.step_seconds:.2f} s/step" if r.step_seconds else ""))
@@ -211,6 +216,15 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_slices: int = 1,
   fitting = [r for r in results if r.fits is not False]
   fitting.sort(key=lambda r: (r.step_seconds is None, r.step_seconds or 0.0))
   return fitting + [r for r in results if r.fits is False]
+
+
+def _needs_more_memory(c: Candidate, failed: Candidate) -> bool:
+  """True when `c` is `failed`'s layout with no more remat and no more micro-batches: it
+  needs at least as much memory, so it cannot fit either."""
+  same_mesh = (c.data, c.fsdp, c.context, c.tensor, c.dcn_data) == (
+      failed.data, failed.fsdp, failed.context, failed.tensor, failed.dcn_data)
+  return (same_mesh and REMATS.index(c.remat) <= REMATS.index(failed.remat)
+          and c.grad_accum <= failed.grad_accum)
 
 
 def _load_cache(path: str | None) -> dict:

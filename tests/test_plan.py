@@ -8,7 +8,7 @@ import pytest
 
 from jpeglm.cli import main
 from jpeglm.config_io import load_config
-from jpeglm.plan import candidates
+from jpeglm.plan import Candidate, _needs_more_memory, candidates
 from tests.train_helpers import CONFIG, run_train, tiny_overrides, train_tiny_tokenizer
 
 
@@ -24,6 +24,15 @@ def test_every_candidate_uses_all_devices_and_splits_its_micro_batches():
   assert {c.context for c in found} == {1, 2, 4} and {c.tensor for c in found} == {1, 2, 4, 8}
   two = candidates(config, 16, num_slices=2)
   assert all(c.dcn_data == 2 and "--config.mesh.dcn_data=2" in c.flags() for c in two)
+
+
+def test_a_failed_layout_rules_out_its_hungrier_relatives_only():
+  failed = Candidate(1, 16, 1, 1, "save_attention", 4)
+  assert _needs_more_memory(Candidate(1, 16, 1, 1, "none", 2), failed)
+  assert _needs_more_memory(Candidate(1, 16, 1, 1, "save_attention", 4), failed)
+  assert not _needs_more_memory(Candidate(1, 16, 1, 1, "full", 4), failed)  # more remat
+  assert not _needs_more_memory(Candidate(1, 16, 1, 1, "none", 8), failed)  # more micro-batches
+  assert not _needs_more_memory(Candidate(1, 8, 1, 2, "none", 1), failed)  # another mesh
 
 
 def test_plan_prints_a_layout_that_train_runs_as_printed(tmp_path, capsys):
