@@ -1,12 +1,23 @@
-"""KV-cache decoding speed on this CPU: ours (JAX) vs the same weights in transformers'
-PyTorch LlamaForCausalLM with `generate()`. Target: faster than the PyTorch peer.
+"""Sampling at the paper's shape of work, on this machine: ours (JAX, `jpeglm.sampling`) vs
+transformers' `generate()` on the same weights, then syntax-safe vs free sampling.
 
-  .venv/bin/python benchmarks/bench_sampling.py [--new-tokens 256] [--config-size small]
+  .venv/bin/python benchmarks/bench_sampling.py [--new-tokens 2048] [--batches 1,8,32]
+      [--d-model 256 --layers 4 | --d-model 512 --layers 8 (the small config)]
+      [--max-len 12288] [--prompt-ratio 0]
 
-The `small` config's shape (d 512, 8 layers, 8 heads, vocabulary 320) with random weights:
-speed does not depend on the values. Both sides sample with temperature 1 and top-k 50 and
-generate exactly `--new-tokens` tokens after a BOS prompt (EOS is disabled on both sides so
-the lengths match). Seconds per 256x256 image = ~5,100 tokens (the paper's ~5K) / tokens/s.
+The model is the `small` config (Llama layout, vocabulary 320) at the paper's context,
+max_len=12288, narrowed by default to d 256 and 4 layers (heads of 64, d_ff 2.75 d) so that
+batch 32 x 2,048 tokens on both sides finishes in minutes on 2 cores; random weights (speed
+does not depend on the values). Every row's prompt is BOS + the first `--prompt-ratio` of a
+real 256x256 photo's stream (0: the header only; 0.25: the paper's prefix completion), then
+each side samples `--new-tokens` tokens with temperature 1 and top-k 50, EOS disabled so
+that lengths match. Compilation is excluded (`Generator.compile`); PyTorch runs a short
+generate() first. Each figure is one run: timings on this shared CPU vary by +-20%, compare
+ratios within a run.
+
+Syntax-safe sampling (`JpegGrammar`, a tokenizer trained on the built-in photos) runs on the
+same model and prompts; it stops a row at EOS once the image is complete. The grammar's host
+time per step is measured separately.
 """
 
 from __future__ import annotations
@@ -14,8 +25,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,72 +36,135 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from configs.jpeglm import get_config  # noqa: E402
+from data_pipeline.media_files import builtin_photos  # noqa: E402
+from jpeglm.codecs import JpegCodec, open_image  # noqa: E402
+from jpeglm.codecs.jpeg_grammar import JpegGrammar  # noqa: E402
 from jpeglm.export import hf_layout  # noqa: E402
 from jpeglm.model import ModelConfig, Transformer  # noqa: E402
 from jpeglm.sampling.generate import Generator, SamplingSettings  # noqa: E402
+from jpeglm.tokenizer import ByteTokenizer  # noqa: E402
 
 TOKENS_PER_IMAGE = 5_100  # mean of 256x256 q25 streams of the built-in photos, BOS/EOS included
 
 
-def _paired_median_times(ours, theirs, repeats: int) -> tuple[float, float]:
-  """Median seconds of each, measured alternately so that outside load hits both alike."""
-  ours(), theirs()  # compile / warm up
-  times = ([], [])
-  for _ in range(repeats):
-    for fn, out in ((ours, times[0]), (theirs, times[1])):
-      start = time.perf_counter()
-      fn()
-      out.append(time.perf_counter() - start)
-  return statistics.median(times[0]), statistics.median(times[1])
+class TimedGrammar:
+  """A JpegGrammar that adds up the host seconds spent in it."""
+
+  def __init__(self, grammar: JpegGrammar):
+    self.grammar, self.seconds = grammar, 0.0
+
+  def __getattr__(self, name):
+    method = getattr(self.grammar, name)
+
+    def timed(*args):
+      started = time.perf_counter()
+      try:
+        return method(*args)
+      finally:
+        self.seconds += time.perf_counter() - started
+    return timed
+
+
+def _timed(fn) -> tuple[float, object]:
+  started = time.perf_counter()
+  out = fn()
+  return time.perf_counter() - started, out
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config-size", default="small")
-  parser.add_argument("--new-tokens", type=int, default=256)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--d-model", type=int, default=256)
+  parser.add_argument("--layers", type=int, default=4)
+  parser.add_argument("--max-len", type=int, default=12_288)
+  parser.add_argument("--new-tokens", type=int, default=2_048)
+  parser.add_argument("--batches", default="1,8,32")
+  parser.add_argument("--safe-batches", default="1,8,32")
+  parser.add_argument("--prompt-ratio", type=float, default=0.0)
   parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+  parser.add_argument("--skip-pytorch", action="store_true")
   args = parser.parse_args()
+  n = args.new_tokens
 
-  import torch
-  import transformers
-
-  torch.set_num_threads(args.threads)
-  cfg = dataclasses.replace(ModelConfig.from_config(get_config(f"size={args.config_size}").model),
-                            max_len=args.new_tokens + 8, dtype="float32")
+  heads = args.d_model // 64
+  cfg = dataclasses.replace(ModelConfig.from_config(get_config("size=small").model),
+                            d_model=args.d_model, n_layers=args.layers, n_heads=heads,
+                            n_kv_heads=heads, d_ff=args.d_model * 11 // 4, max_len=args.max_len,
+                            dtype="float32")
   params = nnx.to_pure_dict(nnx.split(Transformer(cfg, nnx.Rngs(0)))[1])
-  # EOS id -1 never matches: both sides generate exactly --new-tokens tokens.
-  generator = Generator(params, cfg, eos_id=-1, max_len=cfg.max_len,
-                        settings=SamplingSettings(1.0, 50, 1.0))
-  hf_config = transformers.LlamaConfig(**hf_layout.llama_config(cfg, 1, 2, "float32"))
-  hf_model = transformers.LlamaForCausalLM(hf_config).eval()
-  hf_model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
-                            hf_layout.hf_state_dict(jax.device_get(params), cfg).items()})
-  print(f"{args.config_size} config: d {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
-        f"vocab {cfg.vocab_size}; {args.new_tokens} new tokens after BOS; "
-        f"jax {jax.__version__}, torch {torch.__version__} ({args.threads} threads), "
-        f"transformers {transformers.__version__}")
-  print(f"{'batch':>5s} {'ours tok/s':>11s} {'pytorch tok/s':>14s} {'ratio':>6s} "
-        f"{'ours s/image':>13s} {'pytorch s/image':>16s}")
-  for batch in (1, 8):
-    prompts = [[1]] * batch
-    input_ids = torch.ones((batch, 1), dtype=torch.long)
+  codec = JpegCodec(size=256)
+  streams = [codec.encode(open_image(p)) for p in builtin_photos()]
+  tokenizer = ByteTokenizer.train(streams, cfg.vocab_size,
+                                  os.path.join(tempfile.mkdtemp(), "tokenizer.model"))
+  prompt = [tokenizer.bos_id, *tokenizer.encode(codec.prefix(streams[0], args.prompt_ratio))]
+  settings = SamplingSettings(1.0, 50, 1.0)
+  banned = (tokenizer.unk_id, tokenizer.bos_id)
+  # EOS id -1 never matches: free sampling generates exactly n tokens on both sides.
+  free = Generator(params, cfg, eos_id=-1, max_len=cfg.max_len, settings=settings, banned=banned)
+  print(f"model: d {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
+        f"vocab {cfg.vocab_size}, max_len {cfg.max_len}; prompt {len(prompt)} tokens (BOS + "
+        f"{args.prompt_ratio:.0%} of a 256x256 photo), {n} new tokens; jax {jax.__version__}")
 
-    def theirs():
-      with torch.inference_mode():
-        hf_model.generate(input_ids, do_sample=True, temperature=1.0, top_k=50, top_p=1.0,
-                          max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                          eos_token_id=None, pad_token_id=0, use_cache=True)
+  free_seconds = {}  # batch -> seconds of free sampling, measured once
+  if not args.skip_pytorch:
+    import torch
+    import transformers
+    torch.set_num_threads(args.threads)
+    hf_config = transformers.LlamaConfig(**hf_layout.llama_config(cfg, 1, 2, "float32"))
+    hf_model = transformers.LlamaForCausalLM(hf_config).eval()
+    hf_model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
+                              hf_layout.hf_state_dict(jax.device_get(params), cfg).items()})
+    bad_words = [[t] for t in banned]
+    print(f"vs torch {torch.__version__} ({args.threads} threads), transformers "
+          f"{transformers.__version__}, generate() with its default dynamic cache")
+    print(f"{'batch':>5s} {'ours tok/s':>11s} {'pytorch tok/s':>14s} {'speed-up':>9s} "
+          f"{'ours s/image':>13s} {'compile s':>10s}")
+    for batch in [int(b) for b in args.batches.split(",")]:
+      input_ids = torch.tensor([prompt] * batch, dtype=torch.long)
 
-    ours, pytorch = _paired_median_times(
-        lambda: generator.generate(prompts, seed=0, max_new_tokens=args.new_tokens), theirs,
-        args.repeats)
-    ours_rate, their_rate = batch * args.new_tokens / ours, batch * args.new_tokens / pytorch
-    print(f"{batch:5d} {ours_rate:11.1f} {their_rate:14.1f} {ours / pytorch:6.2f} "
-          f"{TOKENS_PER_IMAGE / ours_rate:13.1f} {TOKENS_PER_IMAGE / their_rate:16.1f}")
-  print("ratio = our time / PyTorch time (below 1: ours faster). s/image: seconds per 256x256 "
-        f"image ({TOKENS_PER_IMAGE} tokens) at that batch's total throughput, extrapolated from "
-        f"{args.new_tokens}-token runs (attention grows with the context, so real images cost more).")
+      def theirs(tokens):
+        with torch.inference_mode():
+          out = hf_model.generate(
+              input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True,
+              temperature=1.0, top_k=50, top_p=1.0, max_new_tokens=tokens,
+              min_new_tokens=tokens, eos_token_id=None, pad_token_id=0, use_cache=True,
+              bad_words_ids=bad_words)
+        assert out.shape[1] == len(prompt) + tokens
+      compile_s = free.compile(batch, len(prompt), n)
+      ours, generations = _timed(lambda: free.generate([prompt] * batch, max_new_tokens=n))
+      assert all(len(g.tokens) == n for g in generations)
+      theirs(8)  # warm-up
+      pytorch, _ = _timed(lambda: theirs(n))
+      free_seconds[batch] = ours
+      ours_rate, their_rate = batch * n / ours, batch * n / pytorch
+      print(f"{batch:5d} {ours_rate:11.1f} {their_rate:14.1f} {pytorch / ours:8.2f}x "
+            f"{TOKENS_PER_IMAGE / ours_rate:13.1f} {compile_s:10.1f}", flush=True)
+    print("speed-up = PyTorch time / our time (above 1: ours faster). s/image: seconds per "
+          f"256x256 image ({TOKENS_PER_IMAGE} tokens) at that batch's throughput.")
+
+  pieces = [tokenizer.piece_bytes(i) for i in range(tokenizer.vocab_size)]
+  grammar = TimedGrammar(JpegGrammar(codec))
+  safe = Generator(params, cfg, eos_id=tokenizer.eos_id, max_len=cfg.max_len, settings=settings,
+                   grammar=grammar, pieces=pieces, banned=banned)
+  print(f"\nsyntax-safe vs free sampling, same model and prompt, up to {n} new tokens")
+  print(f"{'batch':>5s} {'free tok/s':>11s} {'safe tok/s':>11s} {'safe/free':>10s} "
+        f"{'grammar ms/step':>16s} {'complete':>9s}")
+  for batch in [int(b) for b in args.safe_batches.split(",")]:
+    safe.compile(batch, len(prompt), n)
+    if batch not in free_seconds:
+      free.compile(batch, len(prompt), n)
+      free_seconds[batch], _ = _timed(lambda: free.generate([prompt] * batch, max_new_tokens=n))
+    free_s = free_seconds[batch]
+    grammar.seconds = 0.0
+    safe_s, generations = _timed(lambda: safe.generate([prompt] * batch, max_new_tokens=n))
+    steps = max(len(g.tokens) for g in generations)
+    tokens = sum(len(g.tokens) for g in generations)
+    complete = sum(codec.decode(tokenizer.decode([*prompt[1:], *g.tokens])).complete
+                   for g in generations)
+    free_rate, safe_rate = batch * n / free_s, tokens / safe_s
+    print(f"{batch:5d} {free_rate:11.1f} {safe_rate:11.1f} {free_rate / safe_rate:9.2f}x "
+          f"{grammar.seconds / steps * 1e3:16.2f} {complete:5d}/{batch}", flush=True)
+  print("safe/free = cost of a syntax-safe token over a free one (goal: at most 1.5x). "
+        "complete: rows whose image finished (EOS) and decodes completely.")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""KV-cache generation: equal to full forward passes, deterministic when greedy, prompts kept,
-and syntax-safe sampling yields decodable JPEGs even from an untrained model."""
+"""KV-cache generation: equal to full forward passes (prefill with every attention kernel, on
+a mesh with a tensor axis), deterministic when greedy, prompts kept, and syntax-safe sampling
+yields decodable JPEGs even from an untrained model."""
 
+import contextlib
 import dataclasses
+import functools
 import json
 import os
 
@@ -15,7 +18,9 @@ from PIL import Image
 from configs.jpeglm import get_config
 from data_pipeline.media_files import builtin_photos
 from jpeglm.codecs import JpegCodec, open_image
+from jpeglm import sharding
 from jpeglm.codecs.jpeg_grammar import JpegGrammar
+from jpeglm.decoding import CHUNK
 from jpeglm.config_io import load_config, read_config
 from jpeglm.model import ModelConfig, Transformer
 from jpeglm.sampling import kv_cache
@@ -45,19 +50,79 @@ def tokenizer(tmp_path_factory):
   return ByteTokenizer.train(streams, 320, tmp_path_factory.mktemp("tok") / "t.model")
 
 
-@pytest.mark.parametrize("kv_heads", [4, 2])
-def test_kv_cache_logits_equal_full_forward(kv_heads):
-  cfg, model, params = tiny_model(n_kv_heads=kv_heads)
-  tokens = jax.random.randint(jax.random.key(1), (2, 40), 3, 320)
-  full = model(tokens)
-  cache = kv_cache.init_cache(cfg, 2, 48)
-  pad = jnp.zeros((2,), jnp.int32)
-  first, cache = cached_forward(params, cfg, tokens[:, :16], jnp.int32(0), pad, cache)
-  steps = [first]
-  for i in range(16, 40):
+PREFILL, DECODE = 256, 6  # a prefill the chunked kernel tiles; decode steps read 2 cache chunks
+
+
+@functools.lru_cache(maxsize=None)
+def reference_logits(kv_heads: int):
+  """Full forward passes with the reference (einsum) attention: row 0 whole, row 1 without
+  its 5 slots of left padding."""
+  _, model, params = tiny_model(n_kv_heads=kv_heads, attention="einsum")
+  tokens = jax.random.randint(jax.random.key(3), (2, PREFILL + DECODE), 3, 320)
+  return tokens, params, model(tokens[:1])[0], model(tokens[1:, 5:])[0]
+
+
+def decode_token_by_token(cfg, params, tokens, mesh=None):
+  """Prefill (the model's kernel) then one token per step; logits [2, PREFILL + DECODE, V]."""
+  step = jax.jit(kv_cache.forward, static_argnames=("cfg", "prefill"))
+  pad = jnp.array([0, 5], jnp.int32)
+  with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+    cache = kv_cache.init_cache(cfg, 2, PREFILL + DECODE, pad)
+    logits, cache = step(params, cfg, tokens[:, :PREFILL], 0, pad, cache, prefill=True)
+    out = [logits]
+    for i in range(PREFILL, PREFILL + DECODE):
+      logits, cache = step(params, cfg, tokens[:, i:i + 1], i, pad, cache)
+      out.append(logits)
+  assert int(cache.length) == PREFILL + DECODE
+  return np.asarray(jnp.concatenate(out, 1))
+
+
+@pytest.mark.parametrize("attention,kv_heads", [("einsum", 2), ("chunked", 4), ("xla", 2),
+                                                ("splash", 2)])
+def test_prefill_with_each_kernel_then_decode_equals_full_forward(attention, kv_heads):
+  tokens, params, row0, row1 = reference_logits(kv_heads)
+  cfg, _, _ = tiny_model(n_kv_heads=kv_heads, attention=attention)
+  logits = decode_token_by_token(cfg, params, tokens)
+  np.testing.assert_allclose(logits[0], row0, atol=3e-5, rtol=3e-5)
+  np.testing.assert_allclose(logits[1, 5:], row1, atol=3e-5, rtol=3e-5)
+
+
+def test_decoding_on_a_mesh_with_a_tensor_axis_equals_full_forward():
+  tokens, params, row0, row1 = reference_logits(2)
+  cfg, _, _ = tiny_model(n_kv_heads=2, attention="chunked")
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.state(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))
+  shardings = nnx.to_pure_dict(sharding.state_shardings(abstract, mesh))
+  sharded = jax.device_put(params, shardings)
+  assert sharded["blocks"]["q_DxNxH"].sharding.spec[2] == "tensor"  # heads split
+  logits = decode_token_by_token(cfg, sharded, tokens, mesh)
+  np.testing.assert_allclose(logits[0], row0, atol=3e-5, rtol=3e-5)
+  np.testing.assert_allclose(logits[1, 5:], row1, atol=3e-5, rtol=3e-5)
+  # The sampler on the mesh picks what it picks on one device.
+  settings = SamplingSettings(0.0, 0, 1.0)
+  prompts = [[1, 40, 41, 42], [1, 7]]
+  on_mesh = Generator(sharded, cfg, 2, 64, settings, mesh=mesh).generate(prompts,
+                                                                         max_new_tokens=8)
+  alone = Generator(params, cfg, 2, 64, settings).generate(prompts, max_new_tokens=8)
+  assert [g.tokens for g in on_mesh] == [g.tokens for g in alone]
+
+
+def test_a_decode_step_reads_only_the_filled_chunks():
+  """NaN in every cache chunk past the filled length would poison any step that read it."""
+  cfg, model, params = tiny_model()
+  tokens = jax.random.randint(jax.random.key(4), (1, 12), 3, 320)
+  pad = jnp.zeros((1,), jnp.int32)
+  cache = kv_cache.init_cache(cfg, 1, 3 * CHUNK)
+  beyond = jnp.arange(cache.size) >= CHUNK
+  cache = dataclasses.replace(cache, k=jnp.where(beyond[:, None], jnp.nan, cache.k),
+                              v=jnp.where(beyond[:, None], jnp.nan, cache.v))
+  logits, cache = cached_forward(params, cfg, tokens[:, :8], jnp.int32(0), pad, cache)
+  steps = [logits]
+  for i in range(8, 12):
     logits, cache = cached_forward(params, cfg, tokens[:, i:i + 1], jnp.int32(i), pad, cache)
     steps.append(logits)
-  np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=2e-5, rtol=2e-5)
+  np.testing.assert_allclose(jnp.concatenate(steps, 1), model(tokens), atol=2e-5, rtol=2e-5)
 
 
 def test_left_padded_prompts_see_only_themselves():

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jpeglm.decoding import KVCache
+from jpeglm.decoding import CHUNK, KVCache
 from jpeglm.errors import JpeglmError
 from jpeglm.model import ModelConfig
 from jpeglm.sampling import kv_cache
@@ -87,7 +87,7 @@ class Generator:
       raise ValueError("syntax-safe sampling needs the tokenizer's pieces")
     self.mesh = mesh
     self.cache_size = max_len + max_prefill_padding(cfg)
-    self._prefill = jax.jit(self._prefill_impl)
+    self._prefill = jax.jit(self._prefill_impl, static_argnames=("size",))
     self._choose = jax.jit(self._choose_impl)
     self._forward = jax.jit(self._forward_impl, donate_argnames=("cache",))
     self._run = jax.jit(self._run_impl, donate_argnames=("cache", "buffer"))
@@ -97,8 +97,8 @@ class Generator:
 
   # ---- device side --------------------------------------------------------------------------
 
-  def _prefill_impl(self, params, tokens_BxP, starts_B):
-    cache = kv_cache.init_cache(self.cfg, tokens_BxP.shape[0], self.cache_size, starts_B)
+  def _prefill_impl(self, params, tokens_BxP, starts_B, size: int):
+    cache = kv_cache.init_cache(self.cfg, tokens_BxP.shape[0], size, starts_B)
     logits_BxPxV, cache = kv_cache.model(params, self.cfg)(tokens_BxP, cache=cache, prefill=True)
     return logits_BxPxV[:, -1], cache
 
@@ -130,35 +130,64 @@ class Generator:
     done_B = jnp.zeros(cache.starts_B.shape, bool)
     cache, _, _, _, buffer = jax.lax.while_loop(
         cond, body, (cache, logits_BxV, done_B, key, buffer))
-    return buffer, cache.length
+    return buffer, cache  # the cache too, so that its donated buffers are reused in place
 
   # ---- host side ----------------------------------------------------------------------------
+
+  def _layout(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | None):
+    """(tokens [B, P] left-padded, starts [B], tokens to generate, cache slots)."""
+    longest = max(len(p) for p in prompts)
+    if longest >= self.max_len:
+      raise JpeglmError(f"a prompt of {longest} tokens leaves no room in the {self.max_len}-token "
+                        "context (model.max_len)")
+    new = self.max_len - longest
+    if max_new_tokens is not None:
+      new = min(new, max_new_tokens)
+    width = prefill_length(longest, self.cfg)
+    starts_B = np.array([width - len(p) for p in prompts], np.int32)
+    tokens_BxP = np.zeros((len(prompts), width), np.int32)
+    for b, p in enumerate(prompts):
+      tokens_BxP[b, starts_B[b]:] = p
+    # Room for this call's tokens only (in whole chunks: few distinct compiled shapes): the
+    # cache of a 12,288 context is GBs per row that a short run never touches.
+    size = min(self.cache_size, -(-(width + new) // CHUNK) * CHUNK)
+    return tokens_BxP, starts_B, new, size
+
+  def compile(self, batch: int, prompt_length: int, max_new_tokens: int | None = None) -> float:
+    """Compiles every program `generate` runs for prompts of this batch and (longest)
+    length, by running them on no tokens; returns the seconds it took. Later timings of
+    `generate` then measure sampling alone."""
+    started = time.perf_counter()
+    tokens_BxP, starts_B, _, size = self._layout([[0] * prompt_length] * batch, max_new_tokens)
+    key = jax.random.key(0)
+    with self._mesh():
+      logits_BxV, cache = self._prefill(self.params, jnp.asarray(tokens_BxP),
+                                        jnp.asarray(starts_B), size=size)
+      if self.grammar is None:
+        buffer = jnp.full((batch, cache.size), self.eos_id, jnp.int32)
+        out = self._run(self.params, cache, logits_BxV, key, buffer, jnp.int32(0))  # 0 steps
+      else:
+        token_B = self._choose(logits_BxV, jnp.zeros((batch,), bool), key,
+                               jnp.ones(logits_BxV.shape, bool))
+        out = self._forward(self.params, cache, token_B)
+    jax.block_until_ready(out)
+    return time.perf_counter() - started
 
   def generate(self, prompts: Sequence[Sequence[int]], seed: int = 0,
                max_new_tokens: int | None = None) -> list[Generation]:
     """One continuation per prompt (prompts may differ in length)."""
     started = time.perf_counter()
-    batch = len(prompts)
-    longest = max(len(p) for p in prompts)
-    if longest >= self.max_len:
-      raise JpeglmError(f"a prompt of {longest} tokens leaves no room in the {self.max_len}-token "
-                        "context (model.max_len)")
-    new = self.max_len - longest if max_new_tokens is None else min(self.max_len - longest,
-                                                                     max_new_tokens)
-    width = prefill_length(longest, self.cfg)
-    starts_B = np.array([width - len(p) for p in prompts], np.int32)
-    tokens_BxP = np.zeros((batch, width), np.int32)
-    for b, p in enumerate(prompts):
-      tokens_BxP[b, starts_B[b]:] = p
+    tokens_BxP, starts_B, new, size = self._layout(prompts, max_new_tokens)
+    width = tokens_BxP.shape[1]
     key = jax.random.key(seed)
     with self._mesh():
       logits_BxV, cache = self._prefill(self.params, jnp.asarray(tokens_BxP),
-                                        jnp.asarray(starts_B))
+                                        jnp.asarray(starts_B), size=size)
       if self.grammar is None:
-        buffer = jnp.full((batch, self.cache_size), self.eos_id, jnp.int32)
-        buffer, end = self._run(self.params, cache, logits_BxV, key, buffer,
-                                jnp.int32(width + new))
-        generated = np.asarray(buffer)[:, width:int(end)]
+        buffer = jnp.full((len(prompts), cache.size), self.eos_id, jnp.int32)
+        buffer, cache = self._run(self.params, cache, logits_BxV, key, buffer,
+                                  jnp.int32(width + new))
+        generated = np.asarray(buffer)[:, width:int(cache.length)]
       else:
         generated = self._generate_safe(prompts, cache, logits_BxV, key, new)
     seconds = time.perf_counter() - started

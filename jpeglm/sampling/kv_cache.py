@@ -20,13 +20,17 @@ from jpeglm.model import DTYPES, ModelConfig, Transformer
 
 @functools.lru_cache(maxsize=16)
 def graphdef(cfg: ModelConfig) -> nnx.GraphDef:
-  """The model's structure, built abstractly (no parameter is allocated)."""
-  with nnx.use_eager_sharding(False):
+  """The model's structure, built abstractly (no parameter is allocated). Built with no
+  mesh in scope: nnx would otherwise read the logical axis names as mesh axes."""
+  no_mesh = jax.sharding.AbstractMesh((), ())
+  with jax.sharding.use_abstract_mesh(no_mesh), nnx.use_eager_sharding(False):
     return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))[0]
 
 
 def model(params: dict, cfg: ModelConfig) -> Transformer:
-  return nnx.merge(graphdef(cfg), params)
+  # The parameters' logical names are metadata here: the arrays carry their own shardings.
+  with nnx.use_eager_sharding(False):
+    return nnx.merge(graphdef(cfg), params)
 
 
 def init_cache(cfg: ModelConfig, batch: int, size: int,

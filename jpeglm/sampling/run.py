@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 
+import jax
 import ml_collections
 from PIL import Image
 
@@ -32,6 +33,7 @@ class LoadedRun:
   params: dict
   tokenizer: ByteTokenizer
   step: int
+  mesh: jax.sharding.Mesh  # the parameters' layout; the sampler runs the model on it
 
 
 def load_run(workdir: str, config: ml_collections.ConfigDict, step: int | None = None) -> LoadedRun:
@@ -41,7 +43,7 @@ def load_run(workdir: str, config: ml_collections.ConfigDict, step: int | None =
   restored = Checkpointer(os.path.join(workdir, run_setup.CHECKPOINT_DIR)).restore_params(
       layout.abstract["params"], step)
   tokenizer = ByteTokenizer.load(os.path.join(workdir, run_setup.TOKENIZER_FILE))
-  return LoadedRun(config, restored.state, tokenizer, restored.step)
+  return LoadedRun(config, restored.state, tokenizer, restored.step, mesh)
 
 
 def make_generator(run: LoadedRun, codec) -> Generator:
@@ -56,7 +58,7 @@ def make_generator(run: LoadedRun, codec) -> Generator:
                    run.tokenizer.eos_id, run.config.model.max_len,
                    SamplingSettings(float(s.temperature), int(s.top_k), float(s.top_p)),
                    grammar=grammar, pieces=pieces,
-                   banned=(run.tokenizer.unk_id, run.tokenizer.bos_id))
+                   banned=(run.tokenizer.unk_id, run.tokenizer.bos_id), mesh=run.mesh)
 
 
 def _record(i: int, g: Generation, complete: bool, reason: str, extra: dict) -> dict:
