@@ -1,6 +1,6 @@
 """Cluster launchers behind `launch/tpu_pod.sh` and `launch/gpu.sh`.
 
-  python launch/cluster.py tpu --name NAME --zone ZONE --accelerator v5p-32 \
+  python launch/cluster.py tpu --name NAME --zone ZONE --accelerator v5p-32 [--num-slices N] \
       --config CFG --workdir gs://BUCKET/RUN [--action all|up,install,train,logs|down] \
       [--dry-run] [-- --config.k=v ...]
   python launch/cluster.py gpu --config CFG --workdir DIR --gpus 8 [--nodes 4] [--dry-run] \
@@ -42,6 +42,33 @@ def check_mesh(config_spec: str, overrides: Sequence[str], num_devices: int, whe
     raise LaunchError(f"{config_spec} cannot run on {where}: {e}") from None
 
 
+DCN_OVERRIDE = "--config.mesh.dcn_data="
+
+
+def slice_overrides(config_spec: str, overrides: Sequence[str], num_slices: int,
+                    per_slice_devices: int, where: str) -> list[str]:
+  """The overrides `num_slices` slices add (`--config.mesh.dcn_data=N`: data parallelism
+  across slices), after checking the config's mesh fits each slice. Raises LaunchError (one
+  line) when it does not, or when `mesh.dcn_data` is given and is not the slice count."""
+  from jpeglm.config_io import load_config
+  from jpeglm.errors import JpeglmError
+  from jpeglm.sharding import mesh_shape
+
+  given = [o for o in overrides if o.startswith(DCN_OVERRIDE)]
+  try:
+    config = load_config(config_spec, overrides)
+    mesh = config.mesh.to_dict()
+    value = int(mesh.get("dcn_data", 1))
+    if (given and value != num_slices) or value not in (1, num_slices):
+      raise LaunchError(f"mesh.dcn_data={value} but --num-slices {num_slices}: mesh.dcn_data is "
+                        "the number of slices (leave it out; the launcher sets it)")
+    mesh["dcn_data"] = num_slices
+    mesh_shape(mesh, per_slice_devices * num_slices)
+  except JpeglmError as e:
+    raise LaunchError(f"{config_spec} cannot run on {where}: {e}") from None
+  return [f"{DCN_OVERRIDE}{num_slices}"] if num_slices > 1 and not given else []
+
+
 def train_args(config: str, workdir: str, overrides: Sequence[str]) -> list[str]:
   return ["train", "--config", config, "--workdir", workdir, *overrides]
 
@@ -64,28 +91,39 @@ def tpu(args: argparse.Namespace, overrides: list[str]) -> None:
     topo = parse_topology(args.accelerator)
   except JpeglmError as e:
     raise LaunchError(str(e)) from None
-  check_mesh(args.config, overrides, topo.devices,
-             f"{args.accelerator} ({topo.devices} devices on {topo.hosts} hosts)")
-  if topo.hosts > 1 and not args.workdir.startswith("gs://"):
-    raise LaunchError(f"--workdir {args.workdir}: a {topo.hosts}-host slice needs a workdir "
-                      "every worker sees, a gs:// path")
+  slices = args.num_slices
+  devices, hosts = topo.devices * slices, topo.hosts * slices
+  where = f"{args.accelerator} ({topo.devices} devices on {topo.hosts} hosts)"
+  if slices > 1:
+    where = f"{slices} x {where}"
+  overrides = overrides + slice_overrides(args.config, overrides, slices, topo.devices, where)
+  if hosts > 1 and not args.workdir.startswith("gs://"):
+    raise LaunchError(f"--workdir {args.workdir}: {hosts} hosts need a workdir every worker "
+                      "sees, a gs:// path")
   run = Runner(args.dry_run)
   tpu_slice = Slice(args, topo, run)
   actions = args.action
-  run.note(f"{args.accelerator}: {topo.chips} chips, {topo.devices} JAX devices, "
-           f"{topo.hosts} workers; actions: {', '.join(actions)}")
+  if slices == 1:
+    run.note(f"{args.accelerator}: {topo.chips} chips, {topo.devices} JAX devices, "
+             f"{topo.hosts} workers; actions: {', '.join(actions)}")
+  else:
+    run.note(f"{slices} x {args.accelerator} ({', '.join(tpu_slice.nodes)}): "
+             f"{slices * topo.chips} chips, {devices} JAX devices, {hosts} workers "
+             f"({topo.hosts} per slice), data parallel across slices; "
+             f"actions: {', '.join(actions)}")
   interrupted = False
   try:
-    node = tpu_slice.up() if "up" in actions else None
+    if "up" in actions:
+      tpu_slice.up()
     if {"install", "train", "logs"} & set(actions):
-      workers = tpu_slice.workers(node)
+      workers = tpu_slice.workers()
     if "install" in actions or "train" in actions:
       tpu_slice.prepare()
     if "install" in actions:
       tpu_slice.install()
     if "train" in actions:
       tpu_slice.start(train_args(args.config, args.workdir, overrides)
-                      + ["--distributed", "auto", "--expect-devices", str(topo.devices)])
+                      + ["--distributed", "auto", "--expect-devices", str(devices)])
     if "logs" in actions:
       tpu_slice.logs(workers)
   except KeyboardInterrupt:
@@ -105,16 +143,26 @@ def gpu(args: argparse.Namespace, overrides: list[str]) -> None:
   gpu_nodes.launch(args, train_args(args.config, args.workdir, overrides), Runner(args.dry_run))
 
 
+def positive(text: str) -> int:
+  if not text.isdigit() or int(text) < 1:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+  return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="launch/cluster.py", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="kind", required=True)
   t = sub.add_parser("tpu", prog="launch/tpu_pod.sh",
-                     description="Run `jpeglm train` on a Cloud TPU VM slice (queued resources).")
-  t.add_argument("--name", required=True, help="queued resource and TPU VM name (reused)")
+                     description="Run `jpeglm train` on Cloud TPU VM slices (queued resources).")
+  t.add_argument("--name", required=True,
+                 help="queued resource and TPU VM name (reused); several slices: NAME-0 ...")
   t.add_argument("--zone", required=True)
   t.add_argument("--project", default=None)
   t.add_argument("--accelerator", required=True, help="v5p-32, v4-64, v5e-256, v6e-16, ...")
+  t.add_argument("--num-slices", type=positive, default=1,
+                 help="slices of --accelerator joined over the data-centre network (one "
+                      "queued resource; data parallel across them, mesh.dcn_data)")
   t.add_argument("--runtime-version", default=None, help="default: per generation")
   t.add_argument("--spot", action="store_true")
   t.add_argument("--config", required=True)

@@ -38,6 +38,23 @@ class Runner:
       raise LaunchError(f"command failed ({code}): {shlex.join(argv)}")
     return code
 
+  def run_all(self, commands: list[list[str]]) -> None:
+    """`run` for several commands at once (one per TPU slice); raises LaunchError naming the
+    ones that failed, after all have ended. One command runs as `run` does."""
+    if len(commands) == 1:
+      self.run(commands[0])
+      return
+    for argv in commands:
+      self.show(argv)
+    if self.dry_run:
+      return
+    procs = [subprocess.Popen(list(argv)) for argv in commands]
+    failed = [(argv, code) for argv, p in zip(commands, procs) if (code := p.wait())]
+    if failed:
+      argv, code = failed[0]
+      more = f" (and {len(failed) - 1} more of the {len(commands)})" if len(failed) > 1 else ""
+      raise LaunchError(f"command failed ({code}): {shlex.join(argv)}{more}")
+
   def query(self, argv: Sequence[str], show: bool = True) -> subprocess.CompletedProcess:
     """Runs and captures the output (a describe, a status); the caller handles dry runs.
     `show=False` for polls whose command was printed once already."""
