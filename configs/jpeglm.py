@@ -114,6 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.remat = {"tiny": "none", "small": "none", "1b": "save_attention"}.get(size, "full")
 
   c.mesh = ml_collections.ConfigDict()
+  c.mesh.dcn_data = 1  # > 1: slices joined over the data-centre network, data parallel
   c.mesh.data = 1
   c.mesh.fsdp = -1
   c.mesh.context = 1  # > 1: each row's sequence split over this many devices
