@@ -12,6 +12,8 @@ import base64
 import dataclasses
 import logging
 import os
+import sys
+import traceback
 from collections.abc import Callable
 
 import jax
@@ -48,15 +50,32 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int = 3, asynchronous: bool = True):
     self.directory = os.path.abspath(directory) if "://" not in directory else directory
-    # Handlers named up front: a fresh manager can then read any item's metadata alone.
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": ocp.JsonCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep,
-                                             enable_async_checkpointing=asynchronous,
-                                             create=True))
+    self._unconfirmed = None  # the step whose background write is not yet known to be done
+    _quiet_orbax_tracebacks()
+    try:
+      # Handlers named up front: a fresh manager can then read any item's metadata alone.
+      self._manager = ocp.CheckpointManager(
+          self.directory,
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "data": ocp.JsonCheckpointHandler(),
+                         "meta": ocp.JsonCheckpointHandler()},
+          options=ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                               enable_async_checkpointing=asynchronous,
+                                               create=True))
+    except Exception as e:  # noqa: BLE001 - not a directory, no permission, ...
+      raise JpeglmError(f"cannot use checkpoint directory {self.directory}: "
+                        f"{_first_line(e)}") from None
+
+  def check_writable(self) -> None:
+    """Fails now, not at the first save after hours of training, if the directory cannot
+    take files (not a directory, no permission, read-only file system)."""
+    probe = epath.Path(self.directory) / f".write-check-{jax.process_index()}"
+    try:
+      probe.write_text("ok")
+      probe.unlink()
+    except Exception as e:  # noqa: BLE001
+      raise JpeglmError(f"cannot write checkpoints to {self.directory}: {_first_line(e)}") \
+          from None
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -65,11 +84,30 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state, data: dict | None, meta: dict) -> None:
-    """Starts an (asynchronous) save; the previous save is finished first by Orbax."""
+    """Starts an (asynchronous) save once the previous one has finished.
+
+    A failed write (disk full, no permission) raises JpeglmError naming the step and its
+    directory; Orbax writes into a temporary directory and renames it when complete, so a
+    failed or interrupted write is never listed as a step and never picked at restore.
+    """
+    self.wait()
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if data is not None:
       items["data"] = ocp.args.JsonSave(data)
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    try:
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # noqa: BLE001
+      raise self._write_error(step, e) from None
+    self._unconfirmed = step
+
+  def check(self) -> None:
+    """Raises (as `save`) if the background write has failed; never blocks."""
+    if self._unconfirmed is not None and not self._manager.is_saving_in_progress():
+      self.wait()
+
+  def _write_error(self, step: int, e: BaseException) -> JpeglmError:
+    return JpeglmError(f"could not write checkpoint step {step} to "
+                       f"{self.directory}/{step}: {_first_line(e)}")
 
   def read_meta(self, step: int) -> dict:
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -151,11 +189,56 @@ class Checkpointer:
     return str(target)
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Blocks until the last save is written; raises JpeglmError if it failed."""
+    step, self._unconfirmed = self._unconfirmed, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._write_error(step, e) from None
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
+
+
+def _first_line(e: BaseException) -> str:
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  return lines[0] if lines else type(e).__name__
+
+
+class _NoTraceback(logging.Filter):
+  """Drops the traceback of records about Orbax (logged by Orbax, or by asyncio for an
+  Orbax write task whose error nobody retrieved); the message stays."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    tb = record.exc_info[2] if record.exc_info else None
+    frames = [] if tb is None else traceback.extract_tb(tb)
+    if "orbax" in record.pathname or any("orbax" in f.filename for f in frames):
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _quiet_orbax_tracebacks() -> None:
+  """Orbax logs a failed background write with its traceback from several threads, and
+  TensorStore's writes still in flight then report "Event loop is closed" as unraisable
+  exceptions, dozens of tracebacks. The caller reports the failure as one line: keep only
+  Orbax's one-line messages and drop those late reports (nothing more is lost by then)."""
+  for name in ("absl", "asyncio"):
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _NoTraceback) for f in logger.filters):
+      logger.addFilter(_NoTraceback())
+  if not getattr(sys.unraisablehook, "_jpeglm", False):
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+      if not (isinstance(unraisable.exc_value, RuntimeError)
+              and str(unraisable.exc_value) == "Event loop is closed"):
+        previous(unraisable)
+
+    hook._jpeglm = True
+    sys.unraisablehook = hook
 
 
 def _check_saved_arrays(saved, abstract_state, step: int) -> None:

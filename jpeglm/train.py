@@ -89,6 +89,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   schedule = opt_lib.learning_rate_schedule(train)
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, run_setup.CHECKPOINT_DIR), keep=train.keep_checkpoints)
+  checkpointer.check_writable()
   layout = state_layout(config, mesh, optimizer)
 
   def same_model(meta: dict) -> None:
@@ -249,6 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         finish(*pending)
       pending = (step, device_metrics)
       bar.update(1)
+      checkpointer.check()  # a failed background write stops the run now, not at the next save
       if not stop.code and (step % train.checkpoint_every == 0 or step == train.steps):
         finish(*pending)
         pending = None
@@ -256,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           save(step, recent_data[step])
       if not stop.code and train.eval_every and step % train.eval_every == 0:
         evaluate(step)
-      faults.at_step(step)
+      faults.at_step(step, checkpointer.wait)
     if pending is not None:
       finish(*pending)
     last_good = stop.last_good(step)
@@ -327,4 +329,4 @@ def _scalar_like(x: jax.Array, value: int) -> jax.Array:
 
 def _one_line(e: BaseException) -> str:
   lines = [line for line in str(e).splitlines() if line.strip()]
-  return f"{type(e).__name__}: {lines[0].strip()}" if lines else type(e).__name__
+  return f"{type(e).__name__}: {lines[0].strip().rstrip('.')}" if lines else type(e).__name__

@@ -2,6 +2,7 @@
 changes on restore, damaged checkpoints, preemption, and clear errors before compute."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from jpeglm import model as model_lib, optimizer as opt_lib, sharding
 from jpeglm.cli import main
 from jpeglm.config_io import load_config
-from jpeglm.errors import ConfigError
+from jpeglm.errors import ConfigError, JpeglmError
 from jpeglm.train import train_and_evaluate
 from jpeglm.train_state import init_state
 from jpeglm.train_step import make_train_step
@@ -76,22 +77,97 @@ def test_gradient_accumulation_equals_one_big_batch(tokenizer_path):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
-def test_resume_after_kill_matches_uninterrupted(tokenizer_path, tmp_path):
-  overrides = tiny_overrides(tokenizer_path, steps=6)
-  straight = str(tmp_path / "straight")
-  run_train(straight, overrides)
+# The failure tests below stop a run partway and resume it; this uninterrupted run is the
+# reference their losses must equal, exactly (float32 on CPU).
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def straight(tokenizer_path, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("straight") / "run")
+  run_train(workdir, tiny_overrides(tokenizer_path, steps=STEPS))
+  return losses(workdir)
+
+
+def _run_with_fault(workdir, overrides, fault):
+  return subprocess.run(train_command(workdir, overrides),
+                        env={**env_with_devices(8), "JPEGLM_FAULT": fault},
+                        capture_output=True, text=True, timeout=600)
+
+
+def _error_line(stderr: str) -> str:
+  lines = [line for line in stderr.splitlines() if line.startswith("jpeglm: error:")]
+  assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+  return lines[0]
+
+
+def test_resume_after_kill_matches_uninterrupted(tokenizer_path, tmp_path, straight):
+  overrides = tiny_overrides(tokenizer_path, steps=STEPS)
   killed = str(tmp_path / "killed")
   # The run kills itself (a real SIGKILL) right after dispatching step 4: no race with a poller.
-  result = subprocess.run(train_command(killed, overrides),
-                          env={**env_with_devices(8), "JPEGLM_FAULT": "sigkill@4"},
-                          capture_output=True, text=True, timeout=600)
+  result = _run_with_fault(killed, overrides, "sigkill@4")
   assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
   assert sorted(losses(killed)) == [1, 2, 3]  # step 3 is read once step 4 is queued
   run_train(killed, overrides)
-  want, got = losses(straight), losses(killed)
-  assert sorted(got) == list(range(1, 7))
-  for step in range(1, 7):
-    assert got[step] == want[step], (step, got[step], want[step])  # exact, float32 on CPU
+  assert losses(killed) == straight
+
+
+def test_dead_data_worker_saves_the_last_good_step(tokenizer_path, tmp_path, straight):
+  # One Grain worker per data shard yields the same batches as none.
+  overrides = tiny_overrides(tokenizer_path, steps=STEPS, **{"data.num_workers": 1})
+  workdir = str(tmp_path / "run")
+  result = _run_with_fault(workdir, overrides, "killworkers@3")
+  assert result.returncode == 2
+  # Batches already prefetched carry the run a few steps past the kill.
+  match = re.fullmatch(r"jpeglm: error: data failed at step (\d+): RuntimeError: Worker process "
+                       r"was terminated .*; saved step (\d+) in .*checkpoints; rerun the same "
+                       r"command to resume", _error_line(result.stderr))
+  assert match, result.stderr[-3000:]
+  failed, saved = int(match[1]), int(match[2])
+  assert 3 < failed <= STEPS and saved == failed - 1
+  assert max(losses(workdir)) == saved
+  assert str(saved) in os.listdir(os.path.join(workdir, "checkpoints"))
+  run_train(workdir, overrides)
+  assert losses(workdir) == straight
+
+
+def test_nonfinite_loss_saves_the_last_good_step(tokenizer_path, tmp_path, straight):
+  overrides = tiny_overrides(tokenizer_path, steps=STEPS)
+  workdir = str(tmp_path / "run")
+  result = _run_with_fault(workdir, overrides, "nan@5")
+  assert result.returncode == 2
+  assert re.fullmatch(r"jpeglm: error: non-finite loss nan \(grad norm nan\) at step 5; saved "
+                      r"step 4 \(the last good state\) in .*", _error_line(result.stderr))
+  # Step 5 and the step queued behind it left the state alone: step 4 is the last one trained.
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "4"]
+  run_train(workdir, overrides)
+  assert losses(workdir) == straight
+
+
+def test_failed_checkpoint_write_stops_and_keeps_the_previous(tokenizer_path, tmp_path,
+                                                              straight):
+  overrides = tiny_overrides(tokenizer_path, steps=STEPS)
+  workdir = str(tmp_path / "run")
+  # From step 4 on files cannot grow past 64 KiB (a full disk; chmod does not stop root):
+  # checkpoint 3 is written, checkpoint 6's arrays are not.
+  result = _run_with_fault(workdir, overrides, "diskfull@4")
+  assert result.returncode == 2
+  assert re.fullmatch(r"jpeglm: error: could not write checkpoint step 6 to \S+/checkpoints/6: "
+                      r".*File too large.*", _error_line(result.stderr))
+  # Stopped once the failure was seen, at the latest when the next save waits for it.
+  assert max(losses(workdir)) <= 9
+  assert [n for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()] == ["3"]
+  rerun = run_train(workdir, overrides)
+  assert "resuming from step 3" in rerun.stdout  # the half-written step 6 is not picked
+  assert losses(workdir) == straight
+
+
+def test_unusable_checkpoint_directory_is_one_clear_error(tokenizer_path, tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "checkpoints").write_text("a file where the directory should be")
+  with pytest.raises(JpeglmError, match="cannot write checkpoints to .*checkpoints: .*Not a directory"):
+    train_and_evaluate(tiny_config(tokenizer_path), str(workdir))
 
 
 def _run_two_processes(workdir, overrides, env=None):
