@@ -17,6 +17,7 @@ import grain
 import numpy as np
 from array_record.python import array_record_module
 
+from jpeglm.config_io import read_json_file
 from jpeglm.errors import JpeglmError
 
 META_FILE = "meta.json"
@@ -42,8 +43,11 @@ def read_meta(shard_dir: str) -> dict[str, Any]:
   path = os.path.join(shard_dir, META_FILE)
   if not os.path.isfile(path):
     raise JpeglmError(f"{path} is missing: ArrayRecord sources must be written by jpeglm prepare")
-  with open(path) as f:
-    return json.load(f)
+  meta = read_json_file(path)
+  missing = [k for k in ("token_dtype", "tokenizer_sha256") if k not in meta]
+  if missing:
+    raise JpeglmError(f"{path} is damaged: it has no {missing[0]}")
+  return meta
 
 
 class ShardWriter:

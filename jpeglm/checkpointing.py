@@ -165,14 +165,24 @@ class Checkpointer:
                                        "data": ocp.JsonCheckpointHandler(),
                                        "meta": ocp.JsonCheckpointHandler()})
     try:
-      _check_saved_arrays(reader.item_metadata(step)["state"]["params"], abstract_params, step)
+      saved = reader.item_metadata(step)["state"]
+      _check_saved_arrays(saved["params"] if saved is not None else {}, abstract_params, step)
       restored = reader.restore(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
                                        partial_restore=True),
           meta=ocp.args.JsonRestore()))
+    except JpeglmError:
+      raise
+    except Exception as e:  # noqa: BLE001 - any failure to read means "damaged"
+      raise self.damaged_error(step, e) from None
     finally:
       reader.close()
     return Restored(step, restored["state"]["params"], None, restored["meta"])
+
+  def damaged_error(self, step: int, e: BaseException) -> JpeglmError:
+    others = [s for s in self.steps() if s != step]
+    return JpeglmError(f"checkpoint {step} in {self.directory} is damaged ({_first_line(e)})"
+                       + (f"; pick another with --step (have {others})" if others else ""))
 
   def _set_aside(self, step: int) -> str:
     """Renames a damaged step directory (kept for inspection), so the step can be saved anew."""

@@ -94,8 +94,25 @@ def save_config(config: ml_collections.ConfigDict, path: str) -> None:
     f.write("\n")
 
 
+def read_json_file(path: str, kind: type = dict):
+  """A JSON file's content; a damaged file is a one-line ConfigError naming it."""
+  try:
+    with open(path, "rb") as f:
+      value = json.loads(f.read().decode("utf-8"))
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"{path} is damaged: not JSON ({e.msg} at line {e.lineno}, column "
+                      f"{e.colno})") from None
+  except UnicodeDecodeError:
+    raise ConfigError(f"{path} is damaged: not UTF-8 text") from None
+  except OSError as e:
+    raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+  if not isinstance(value, kind):
+    raise ConfigError(f"{path} is damaged: holds a JSON {type(value).__name__}, not an "
+                      f"{'object' if kind is dict else kind.__name__}")
+  return value
+
+
 def read_config(path: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise ConfigError(f"no config at {path}: is this a jpeglm workdir?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(read_json_file(path))

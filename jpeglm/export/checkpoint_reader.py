@@ -37,14 +37,22 @@ class CheckpointReader:
       step = steps[-1] if step is None else step
       if step not in steps:
         raise JpeglmError(f"no checkpoint for step {step} in {workdir} (have {steps})")
-      meta = checkpointer.read_meta(step)
+      try:
+        meta = checkpointer.read_meta(step)
+      except Exception as e:  # noqa: BLE001 - any failure to read means "damaged"
+        raise checkpointer.damaged_error(step, e) from None
     finally:
       checkpointer.close()
     return cls(os.path.join(checkpointer.directory, str(step), "state"), step, meta)
 
   def check(self, cfg: ModelConfig) -> None:
     """Every leaf the config builds is on disk with its shape (before any writing)."""
-    saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self.state_dir)).tree["params"]
+    try:
+      saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self.state_dir)).tree["params"]
+    except Exception as e:  # noqa: BLE001 - any failure to read means "damaged"
+      raise JpeglmError(f"checkpoint {self.step} in {os.path.dirname(os.path.dirname(self.state_dir))} is "
+                        f"damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                        "pick another with --step") from None
     for entry in ENTRIES:
       node = saved
       for key in entry.path:

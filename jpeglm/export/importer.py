@@ -13,7 +13,6 @@ HF config.json.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from jpeglm import checkpointing, optimizer as opt_lib, run_setup
-from jpeglm.config_io import apply_overrides, default_config
+from jpeglm.config_io import apply_overrides, default_config, read_json_file
 from jpeglm.errors import JpeglmError
 from jpeglm.export import hf_layout
 from jpeglm.export.shards import HfWeights
@@ -109,7 +108,10 @@ def _run_config(hf_dir: str, model_keys: dict, given: ml_collections.ConfigDict 
   if given is None:
     exported = os.path.join(hf_dir, "jpeglm.json")
     if os.path.exists(exported):
-      given = ml_collections.ConfigDict(_read_json(hf_dir, "jpeglm.json")["run_config"])
+      run_config = _read_json(hf_dir, "jpeglm.json").get("run_config")
+      if not isinstance(run_config, dict):
+        raise JpeglmError(f"{exported} is damaged: it has no run_config")
+      given = ml_collections.ConfigDict(run_config)
     else:
       given = default_config("size=7b")
     given.model.update(model_keys)
@@ -141,5 +143,4 @@ def _read_json(folder: str, name: str) -> dict:
   path = os.path.join(folder, name)
   if not os.path.isfile(path):
     raise JpeglmError(f"{folder} has no {name}: not a Hugging Face model folder")
-  with open(path) as f:
-    return json.load(f)
+  return read_json_file(path)

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from jpeglm.config_io import read_json_file
 from jpeglm.errors import JpeglmError
 
 SINGLE = "model.safetensors"
@@ -93,11 +94,12 @@ class HfWeights:
   """Reads tensors by name from an HF folder (one file or sharded with an index)."""
 
   def __init__(self, hf_dir: str):
-    from safetensors import safe_open
     index_path = os.path.join(hf_dir, INDEX)
     if os.path.exists(index_path):
-      with open(index_path) as f:
-        files = sorted(set(json.load(f)["weight_map"].values()))
+      weight_map = read_json_file(index_path).get("weight_map")
+      if not isinstance(weight_map, dict):
+        raise JpeglmError(f"{index_path} is damaged: it has no weight_map")
+      files = sorted(set(map(str, weight_map.values())))
     elif os.path.exists(os.path.join(hf_dir, SINGLE)):
       files = [SINGLE]
     else:
@@ -108,7 +110,7 @@ class HfWeights:
       path = os.path.join(hf_dir, name)
       if not os.path.exists(path):
         raise JpeglmError(f"{hf_dir}: {name}, listed in {INDEX}, is missing")
-      with safe_open(path, framework="pt") as f:
+      with _open_safetensors(path) as f:
         self.files.update({key: name for key in f.keys()})
     self.hf_dir = hf_dir
 
@@ -117,8 +119,23 @@ class HfWeights:
 
   def get(self, name: str) -> np.ndarray:
     """One tensor as float32 numpy (bfloat16 and float16 widen exactly)."""
-    from safetensors import safe_open
     if name not in self.files:
       raise JpeglmError(f"{self.hf_dir} has no tensor {name}")
-    with safe_open(os.path.join(self.hf_dir, self.files[name]), framework="pt") as f:
-      return f.get_tensor(name).float().numpy()
+    path = os.path.join(self.hf_dir, self.files[name])
+    with _open_safetensors(path) as f:
+      try:
+        return f.get_tensor(name).float().numpy()
+      except Exception as e:  # noqa: BLE001 - safetensors' own error types
+        raise JpeglmError(f"{path}: tensor {name} cannot be read: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _open_safetensors(path: str):
+  """safe_open with a one-line error naming the file (a truncated download, say)."""
+  from safetensors import safe_open
+  try:
+    return safe_open(path, framework="pt")
+  except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise JpeglmError(f"{path} is not a readable safetensors file ({reason}): a truncated "
+                      "or damaged download?") from None
