@@ -21,10 +21,11 @@ from jpeglm.codecs import JpegCodec, open_image
 from jpeglm import sharding
 from jpeglm.codecs.jpeg_grammar import JpegGrammar
 from jpeglm.decoding import CHUNK
+from jpeglm.errors import ConfigError
 from jpeglm.config_io import load_config, read_config
 from jpeglm.model import ModelConfig, Transformer
 from jpeglm.sampling import kv_cache
-from jpeglm.sampling.generate import Generator, SamplingSettings
+from jpeglm.sampling.generate import Generator, SamplingSettings, prefill_length
 from jpeglm.sampling.run import sample_from_workdir
 from jpeglm.tokenizer import ByteTokenizer
 from jpeglm.train import train_and_evaluate
@@ -106,6 +107,14 @@ def test_decoding_on_a_mesh_with_a_tensor_axis_equals_full_forward():
                                                                          max_new_tokens=8)
   alone = Generator(params, cfg, 2, 64, settings).generate(prompts, max_new_tokens=8)
   assert [g.tokens for g in on_mesh] == [g.tokens for g in alone]
+
+
+def test_decoding_refuses_a_context_axis():
+  cfg, _, params = tiny_model()
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "context": 2, "tensor": 1})
+  with jax.set_mesh(mesh), pytest.raises(ConfigError, match="context"):
+    kv_cache.forward(params, cfg, jnp.ones((2, 1), jnp.int32), 0, jnp.zeros((2,), jnp.int32),
+                     kv_cache.init_cache(cfg, 2, 8))
 
 
 def test_a_decode_step_reads_only_the_filled_chunks():
@@ -202,3 +211,11 @@ def test_free_sampling_never_emits_unk_or_bos():
                         banned=(0, 1))
   for g in generator.generate([[1]] * 4, seed=0, max_new_tokens=200):
     assert not {0, 1} & set(g.tokens)
+
+
+def test_prompts_pad_to_lengths_the_prefill_kernel_tiles():
+  cfg, _, _ = tiny_model()
+  splash = dataclasses.replace(cfg, attention="splash")
+  assert [prefill_length(n, cfg) for n in (1, 128, 129, 600)] == [128, 128, 256, 640]
+  # Beyond one 512 block, splash needs whole blocks.
+  assert [prefill_length(n, splash) for n in (300, 512, 513)] == [384, 512, 1024]

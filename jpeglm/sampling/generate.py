@@ -35,19 +35,23 @@ from jpeglm.sampling.next_token import choose
 PREFILL_MULTIPLE = 128
 
 
+def _splash_block(cfg: ModelConfig) -> int:
+  return max(cfg.attention_block_q, cfg.attention_block_kv, cfg.attention_block_q_bwd,
+             cfg.attention_block_kv_bwd)
+
+
 def prefill_length(longest: int, cfg: ModelConfig) -> int:
   """Slots a batch's prompts are padded to: a multiple of PREFILL_MULTIPLE, and beyond one
-  splash block a multiple of the blocks (splash tiles the prompt by them)."""
+  splash block a multiple of the block (splash tiles the prompt by it)."""
   multiple = PREFILL_MULTIPLE
-  block = max(cfg.attention_block_q, cfg.attention_block_kv)
-  if longest > multiple and cfg.attention_kernel == "splash":
-    multiple = block if longest > block else multiple
+  if cfg.attention_kernel == "splash" and longest > _splash_block(cfg):
+    multiple = _splash_block(cfg)
   return -(-longest // multiple) * multiple
 
 
 def max_prefill_padding(cfg: ModelConfig) -> int:
   """Most slots `prefill_length` may add: the cache holds max_len plus this."""
-  return max(PREFILL_MULTIPLE, cfg.attention_block_q, cfg.attention_block_kv) - 1
+  return max(PREFILL_MULTIPLE, _splash_block(cfg)) - 1
 
 
 @dataclasses.dataclass(frozen=True)
