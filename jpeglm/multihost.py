@@ -1,4 +1,5 @@
-"""Small agreements between JAX processes: merging JSON states, agreeing on a flag, waiting."""
+"""Small agreements between JAX processes: merging JSON states, waiting. (Stopping is
+agreed through the train step's metrics: see jpeglm.preemption.)"""
 
 from __future__ import annotations
 
@@ -19,13 +20,6 @@ def merge_json(obj: dict) -> list[dict]:
   padded[:data.size] = data
   gathered = multihost_utils.process_allgather(padded)
   return [json.loads(bytes(row[:int(n)]).decode()) for row, n in zip(gathered, lengths.ravel())]
-
-
-def any_process(flag: bool) -> bool:
-  """True on every process if `flag` is True on any (e.g. a preemption notice)."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(multihost_utils.process_allgather(np.array([flag], np.int32)).max())
 
 
 def barrier(name: str) -> None:

@@ -5,6 +5,12 @@ device without reason: step N's metrics are read after step N+1 is dispatched. O
 checkpoints (state + data iterator + config + tokenizer) are saved asynchronously every
 `train.checkpoint_every` steps, at the end, and on SIGTERM; rerunning the same command with
 the same workdir resumes where the last checkpoint left off.
+
+Stopping early: every process writes a stop code into its rows of each batch (preempted, out
+of time, or no data: see jpeglm.preemption), and all learn the maximum from the same step's
+metrics, so all save the same step. A data failure or a non-finite loss (on_nonfinite=stop)
+leaves the state unchanged from that step on; the last good step is saved and the run ends
+with a one-line error. A failed checkpoint write ends it too, naming the step and path.
 """
 
 from __future__ import annotations
