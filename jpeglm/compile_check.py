@@ -133,7 +133,7 @@ class FitReport:
   remat: str = ""
   flops: float | None = None  # per device per step, the compiled program's cost analysis
   bytes_accessed: float | None = None  # per device per step (HBM traffic)
-  model_flops: float | None = None  # per step, all devices (jpeglm.flops convention)
+  model_flops: float | None = None  # per step, all devices; causal attention halved
   peaks: tuple[float, float] | None = None  # (FLOP/s, HBM bytes/s) of one device
   collective_bytes: dict[str, float] | None = None  # per device per step, by kind
 
@@ -176,7 +176,8 @@ class FitReport:
     if self.step_seconds_floor is not None:
       out.append(f"estimates (cost analysis vs published peaks {self.peaks[0] / 1e12:.0f} "
                  f"TFLOP/s, {self.peaks[1] / 1e9:.0f} GB/s): step time >= "
-                 f"{self.step_seconds_floor:.3f} s, MFU <= {100 * (self.mfu_ceiling or 0):.0f}%")
+                 f"{self.step_seconds_floor:.3f} s, MFU <= {100 * (self.mfu_ceiling or 0):.0f}% "
+                 "(causal attention halved)")
     if self.note:
       out.append(f"note: {self.note}")
     return out
@@ -238,7 +239,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices, topology_name
           layout.abstract["step"]),
       batch_bytes=_sharded_bytes(batch), temp_bytes=None, peak_bytes=None, hbm_bytes=hbm_bytes,
       attention=model_cfg.attention_kernel, remat=model_cfg.remat, peaks=peaks,
-      model_flops=flops.flops_per_token(config.model, config.data.seq_len)
+      model_flops=flops.causal_flops_per_token(config.model, config.data.seq_len)
       * train.global_batch * config.data.seq_len)
   with jax.set_mesh(mesh):
     jitted = jax.jit(step_fn, in_shardings=(layout.shardings, batch_shardings),

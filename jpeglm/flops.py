@@ -36,6 +36,13 @@ def flops_per_token(model: ml_collections.ConfigDict, seq_len: int) -> float:
   return 6.0 * matmul_params(model) + 12.0 * model.n_layers * model.d_model * seq_len
 
 
+def causal_flops_per_token(model: ml_collections.ConfigDict, seq_len: int) -> float:
+  """As `flops_per_token` with attention halved for the causal mask (MaxText's convention,
+  and what causal kernels such as splash execute): for MFU estimates that compare with
+  the FLOPs a kernel actually runs."""
+  return flops_per_token(model, seq_len) - 6.0 * model.n_layers * model.d_model * seq_len
+
+
 def peak_flops(device_kind: str) -> float | None:
   """Peak FLOP/s of one device, or None where unknown (CPUs)."""
   for name, value in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
