@@ -16,6 +16,9 @@ def tokenizer_path(tmp_path_factory):
   return train_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
 
 
+# Slow: three training runs. `make test` covers the hybrid mesh's loss and gradients in
+# tests/test_sharding.py and restores onto another mesh in tests/test_train.py.
+@pytest.mark.slow
 def test_two_slices_train_like_one_and_resume_on_one(tokenizer_path, tmp_path):
   overrides = tiny_overrides(tokenizer_path, steps=6, **{"train.checkpoint_every": 2})
   one = str(tmp_path / "one")
