@@ -84,6 +84,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run_setup.check_workdir_config(config, workdir)
   model_lib.ModelConfig.from_config(config.model)  # validates before any compute
   mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_layout(config.train.global_batch, config.train.grad_accum,
+                              dict(mesh.shape))
   if is_main:
     os.makedirs(workdir, exist_ok=True)
   tokenizer = run_setup.resolve_tokenizer(config, workdir, is_main, multihost.barrier)
