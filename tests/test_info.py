@@ -22,7 +22,7 @@ def test_info_7b_prints_the_llama2_count_instantly(capsys):
   assert code == 0
   assert f"parameters: {LLAMA2_7B_VOCAB_320:,} total" in out
   assert "embedding: 1,310,720" in out
-  assert "data=1 x fsdp=64 x tensor=1 (64 devices)" in out
+  assert "data=1 x fsdp=64 x context=1 x tensor=1 (64 devices)" in out
   # float32 matrices split 64 ways over fsdp (all divide); the 65 norm scales are replicated.
   norms = (2 * 32 + 1) * 4096
   per_device = (LLAMA2_7B_VOCAB_320 - norms) * 4 // 64 + norms * 4
@@ -34,7 +34,7 @@ def test_info_tensor_axis_and_overrides(capsys):
   code, out, _ = run(capsys, "info", "--config", "configs/jpeglm.py:size=7b,codec=avc",
                      "--devices", "16", "--config.mesh.tensor=4", "--config.model.param_dtype=bfloat16")
   assert code == 0
-  assert "data=1 x fsdp=4 x tensor=4 (16 devices)" in out
+  assert "data=1 x fsdp=4 x context=1 x tensor=4 (16 devices)" in out
   assert f"{LLAMA2_7B_VOCAB_320 + 2 * (1024 - 320) * 4096:,} total" in out
   # Every 7b matrix has one dimension over fsdp and one over tensor: 1/16 each, 2 bytes.
   norms = (2 * 32 + 1) * 4096
