@@ -112,23 +112,28 @@ def _repeat_kv(x_BxSxKxH: jax.Array, n_heads: int) -> jax.Array:
   return x_BxSxKxH if k_heads == n_heads else jnp.repeat(x_BxSxKxH, n_heads // k_heads, axis=2)
 
 
-def _per_device(local_fn, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL, extra=(),
-                extra_specs=()):
-  """Runs `local_fn(q, k, v, segment_ids, *extra)` on each device's shard of the rows,
-  heads (over `tensor`) and sequence (over `context`)."""
+def per_device(local_fn, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL, extra=(),
+               extra_specs=()):
+  """Runs `local_fn(q, k, v, q_segment_ids, kv_segment_ids, *extra)` on each device's shard
+  of the rows, heads (over `tensor`) and queries (over `context`); the keys, values and
+  their segment ids come gathered over `context`: the whole row, in the balanced order."""
   mesh = jax.sharding.get_abstract_mesh()
-  sizes = dict(mesh.shape)
-  q_spec = logical_to_spec(Q_NAMES, q_BxLxNxH.shape, sizes)
-  seg_spec = P(q_spec[0], q_spec[1])
-  args = (q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL, *extra)
-  specs = (q_spec, q_spec, q_spec, None if segment_ids_BxL is None else seg_spec, *extra_specs)
-  return jax.shard_map(local_fn, mesh=mesh, in_specs=specs, out_specs=q_spec,
-                       check_vma=False)(*args)
+  q_spec = logical_to_spec(Q_NAMES, q_BxLxNxH.shape, dict(mesh.shape))
+  seg_spec = None if segment_ids_BxL is None else P(q_spec[0], q_spec[1])
+  gather = context_parallel.context_size() > 1
 
+  def local(q, k, v, seg, *rest):
+    if gather:
+      k, v = (jax.lax.all_gather(x, context_parallel.AXIS, axis=1, tiled=True) for x in (k, v))
+    seg_kv = seg
+    if gather and seg is not None:
+      seg_kv = jax.lax.all_gather(seg, context_parallel.AXIS, axis=1, tiled=True)
+    return local_fn(q, k, v, seg, seg_kv, *rest)
 
-def _gather_context(x, axis: int):
-  """The whole row's keys (in the balanced order) from every context shard."""
-  return jax.lax.all_gather(x, context_parallel.AXIS, axis=axis, tiled=True)
+  return jax.shard_map(local, mesh=mesh,
+                       in_specs=(q_spec, q_spec, q_spec, seg_spec, *extra_specs),
+                       out_specs=q_spec, check_vma=False)(
+                           q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL, *extra)
 
 
 def attention_context_einsum(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL) -> jax.Array:
@@ -138,16 +143,14 @@ def attention_context_einsum(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL) -
   shards = context_parallel.context_size()
   order_L = jnp.asarray(context_parallel.balanced_order(length, shards))
 
-  def local(q, k, v, seg):
+  def local(q, k, v, seg_q, seg_kv):
     t = q.shape[1]
     q_index = jax.lax.dynamic_slice_in_dim(
         order_L, jax.lax.axis_index(context_parallel.AXIS) * t, t)
-    k, v = _gather_context(k, 1), _gather_context(v, 1)
-    seg_kv = None if seg is None else _gather_context(seg, 1)
-    return attention_einsum(q, k, v, seg_kv, q_segment_ids_BxT=seg, q_index_T=q_index,
+    return attention_einsum(q, k, v, seg_kv, q_segment_ids_BxT=seg_q, q_index_T=q_index,
                             kv_index_S=order_L)
 
-  return _per_device(local, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL)
+  return per_device(local, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL)
 
 
 def attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL, impl: str,

@@ -17,12 +17,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jpeglm import context_parallel
+from jpeglm import attention, context_parallel
 from jpeglm.errors import ConfigError
 from jpeglm.sharding import logical_to_spec
 
@@ -101,40 +100,25 @@ def splash_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL,
   # The kernel does not scale the queries.
   q_BxLxNxH = q_BxLxNxH * jnp.asarray(h ** -0.5, q_BxLxNxH.dtype)
 
-  def local(kernel, q, k, v, seg):
-    # [b, t, n, h] -> [b, n, t, h]; keys and values gathered over the context shards.
+  def local(q, k, v, seg_q, seg_kv, kernel):
+    # [b, t, n, h] -> [b, n, t, h]: the kernel takes one row's heads first.
     q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
-    seg_kv = seg
-    if context > 1:
-      k = jax.lax.all_gather(k, context_parallel.AXIS, axis=2, tiled=True)
-      v = jax.lax.all_gather(v, context_parallel.AXIS, axis=2, tiled=True)
-      seg_kv = None if seg is None else jax.lax.all_gather(seg, context_parallel.AXIS, axis=1,
-                                                           tiled=True)
-    if seg is None:
+    if seg_q is None:
       out = jax.vmap(kernel)(q, k, v)
     else:
       out = jax.vmap(lambda q1, k1, v1, sq, skv: kernel(
-          q1, k1, v1, segment_ids=kernel_lib.SegmentIds(q=sq, kv=skv)))(q, k, v, seg, seg_kv)
+          q1, k1, v1, segment_ids=kernel_lib.SegmentIds(q=sq, kv=skv)))(q, k, v, seg_q, seg_kv)
     return out.transpose(0, 2, 1, 3)
 
   if mesh.empty or mesh.size == 1:
     kernel = make_kernel(n, length, 1, blocks, interpret)
-    return local(kernel, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL)
+    return local(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL, segment_ids_BxL, kernel)
 
-  sizes = dict(mesh.shape)
-  q_spec = logical_to_spec(("act_batch", "act_len", "act_heads", "act_head_dim"),
-                           q_BxLxNxH.shape, sizes)
-  local_heads = n // int(np.prod([sizes[a] for a in _axes(q_spec[2])]))
+  q_spec = logical_to_spec(attention.Q_NAMES, q_BxLxNxH.shape, dict(mesh.shape))
+  local_heads = NamedSharding(mesh, q_spec).shard_shape(q_BxLxNxH.shape)[2]
   kernel = make_kernel(local_heads, length, context, blocks, interpret)
   # Mask information is the same for every head: shard it by query blocks only.
   kernel_spec = kernel.manual_sharding_spec(
       NamedSharding(mesh, P(None, context_parallel.AXIS if context > 1 else None)))
-  seg_spec = None if segment_ids_BxL is None else P(q_spec[0], q_spec[1])
-  return jax.shard_map(local, mesh=mesh,
-                       in_specs=(kernel_spec, q_spec, q_spec, q_spec, seg_spec),
-                       out_specs=q_spec, check_vma=False)(
-                           kernel, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL)
-
-
-def _axes(entry) -> tuple[str, ...]:
-  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+  return attention.per_device(local, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL,
+                              extra=(kernel,), extra_specs=(kernel_spec,))
