@@ -142,3 +142,23 @@ def test_oversized_declared_frames_refused(streams):
     AvcCodec(max_pixels=10_000).decode(streams["bikes.mp4"])
   with pytest.raises(CodecError, match="exceeds"):
     AvcCodec(max_pixels=10_000).encode(VIDEOS[0])
+
+
+def _small_clip() -> bytes:
+  with open(os.path.join(os.path.dirname(VIDEOS[0]), "carphone_distorted.mp4"), "rb") as f:
+    return f.read()
+
+
+def test_damaged_mp4_headers_are_codec_errors_or_frames(codec, tmp_path):
+  # Found by tests/test_data_fuzz.py: both used to escape as AttributeError/UnicodeDecodeError.
+  clip = _small_clip()
+  no_codec = tmp_path / "no_codec.mp4"  # the sample entry's codec tag zeroed
+  entry = clip.index(b"avc1", clip.index(b"stsd"))
+  no_codec.write_bytes(clip[:entry] + b"\0\0\0\0" + clip[entry + 4:])
+  with pytest.raises(CodecError, match="no_codec.mp4: its video stream has no decoder"):
+    codec.encode(str(no_codec))
+  bad_text = tmp_path / "bad_metadata.mp4"  # the handler name is not UTF-8
+  assert b"VideoHandler" in clip
+  bad_text.write_bytes(clip.replace(b"VideoHandler", b"Vi\xc3\x28oHandler"))
+  assert codec.encode(str(bad_text)) == codec.encode(os.path.join(os.path.dirname(VIDEOS[0]),
+                                                                  "carphone_distorted.mp4"))

@@ -85,13 +85,16 @@ class AvcCodec:
 
   def _frames_from_file(self, path: str) -> list[Image.Image]:
     try:
-      container = av.open(path)
+      # Damaged metadata bytes are replaced: they must not cost the pictures.
+      container = av.open(path, metadata_errors="replace")
     except (av.error.FFmpegError, OSError) as e:
       raise CodecError(f"{path}: not a readable video ({str(e).splitlines()[0]})") from None
     with container:
       if not container.streams.video:
         raise CodecError(f"{path}: has no video stream")
       stream = container.streams.video[0]
+      if stream.codec_context is None:  # a codec id FFmpeg does not know (a damaged header)
+        raise CodecError(f"{path}: its video stream has no decoder (unknown codec)")
       width, height = stream.codec_context.width, stream.codec_context.height
       if width * height > self.max_pixels:
         raise CodecError(f"{path}: declared size {width}x{height} exceeds the "
