@@ -54,6 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.codec.subsampling = "4:2:0"
     c.codec.restart_every_mcu = True
     c.codec.strip_tables = True
+    c.codec.color = "rgb"  # or "gray": one component (digits, documents, scans)
     vocab = 320
   else:
     seq_len, (width, height) = AVC_SHAPES[size]
@@ -135,6 +136,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 100 if size in ("tiny", "small") else 2000
   c.train.checkpoint_every = 100 if size in ("tiny", "small") else 1000
   c.train.keep_checkpoints = 3
+  # > 0: every this many steps, syntax-safe samples and completions of held-out images go to
+  # TensorBoard and WORKDIR/samples/step_N/ (jpeglm.train_samples)
+  c.train.sample_every = 0
 
   c.sample = ml_collections.ConfigDict()
   c.sample.temperature = 1.0

@@ -89,8 +89,8 @@ class DocumentEncoder:
     value = item[self.tfds_feature]
     if self.is_video:
       return self._video_bytes_from_memory(bytes(value), name)
-    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 3:
-      return self._image_bytes(Image.fromarray(value), rng)
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim in (2, 3):
+      return self._image_bytes(Image.fromarray(value), rng)  # HxW: grayscale (builtin:digits)
     return self._image_bytes(image_from_bytes(bytes(value), self.codec.max_pixels, name), rng)
 
   # ---- the whole item -------------------------------------------------------------------

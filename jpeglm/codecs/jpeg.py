@@ -5,6 +5,9 @@ Encoding follows the paper: square resize/crop to `size`, baseline JPEG from Pil
 the quantization + Huffman tables stripped (an "abbreviated" stream: SOI, APP0, SOF0, DRI,
 SOS, scan, EOI). Decoding splices the tables back, which gives pixels identical to an
 ordinary encode.
+
+`color="gray"` writes one component (luma only, 8x8 MCUs, `subsampling` unused), otherwise
+the same stream: for digits, documents, medical scans. Its decodes are mode "L" images.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from jpeglm.codecs.errors import CodecError
 from jpeglm.codecs.image_input import DEFAULT_MAX_PIXELS, to_rgb
 
 SUBSAMPLINGS = ("4:4:4", "4:2:2", "4:2:0")
+COLORS = {"rgb": "RGB", "gray": "L"}  # codec.color -> the Pillow mode encoded and decoded
 _EOI = b"\xff\xd9"
 # LOAD_TRUNCATED_IMAGES is a Pillow global; flip it only around our own decodes.
 _TRUNCATED_LOCK = threading.Lock()
@@ -45,23 +49,28 @@ class JpegCodec:
 
   def __init__(self, size: int = 256, quality: int = 25, subsampling: str = "4:2:0",
                restart_every_mcu: bool = True, strip_tables: bool = True,
-               max_pixels: int = DEFAULT_MAX_PIXELS):
+               max_pixels: int = DEFAULT_MAX_PIXELS, color: str = "rgb"):
     if not isinstance(size, int) or size < 8:
       raise CodecError(f"JpegCodec size={size!r}: must be an integer >= 8")
     if not isinstance(quality, int) or not 1 <= quality <= 100:
       raise CodecError(f"JpegCodec quality={quality!r}: must be an integer in 1..100")
     if subsampling not in SUBSAMPLINGS:
       raise CodecError(f"JpegCodec subsampling={subsampling!r}: choose one of {SUBSAMPLINGS}")
+    if color not in COLORS:
+      raise CodecError(f"JpegCodec color={color!r}: choose one of {tuple(COLORS)}")
     self.size = size
     self.quality = quality
     self.subsampling = subsampling
     self.restart_every_mcu = restart_every_mcu
     self.strip_tables = strip_tables
     self.max_pixels = max_pixels
+    self.color = color
+    self.mode = COLORS[color]
 
   def __repr__(self) -> str:
     return (f"JpegCodec(size={self.size}, quality={self.quality}, subsampling={self.subsampling!r}, "
-            f"restart_every_mcu={self.restart_every_mcu}, strip_tables={self.strip_tables})")
+            f"restart_every_mcu={self.restart_every_mcu}, strip_tables={self.strip_tables}, "
+            f"color={self.color!r})")
 
   def _save_options(self) -> dict:
     # comment=b"": Pillow would otherwise copy a source image's COM segment into the stream.
@@ -75,26 +84,29 @@ class JpegCodec:
   def tables(self) -> bytes:
     """The DQT + DHT segments that a stripped stream leaves out (no SOI/EOI)."""
     out = io.BytesIO()
-    Image.new("RGB", (16, 16)).save(out, **self._save_options(), streamtype=1)
+    Image.new(self.mode, (16, 16)).save(out, **self._save_options(), streamtype=1)
     return out.getvalue()[2:-2]
 
   # ---- encoding -------------------------------------------------------------------------
 
   def fit(self, image: Image.Image | np.ndarray) -> Image.Image:
-    """Upright RGB, shorter side resized to `size`, centre square crop (the paper's crop)."""
+    """Upright RGB (L for gray), shorter side resized to `size`, centre square crop (the
+    paper's crop)."""
     rgb = to_rgb(image)
-    if rgb.size == (self.size, self.size):
-      return rgb
-    return ImageOps.fit(rgb, (self.size, self.size), Image.Resampling.BICUBIC)
+    if rgb.size != (self.size, self.size):
+      rgb = ImageOps.fit(rgb, (self.size, self.size), Image.Resampling.BICUBIC)
+    return rgb if self.mode == "RGB" else rgb.convert(self.mode)
 
   def encode_fitted(self, image: Image.Image) -> bytes:
-    """Encodes an RGB image that is already `size` x `size` (see `fit`)."""
+    """Encodes an image that is already `size` x `size` (see `fit`), in the codec's mode."""
+    if image.mode != self.mode:
+      image = image.convert(self.mode)
     out = io.BytesIO()
     image.save(out, **self._save_options(), streamtype=2 if self.strip_tables else 0)
     return out.getvalue()
 
   def encode(self, image: Image.Image | np.ndarray) -> bytes:
-    """A PIL image or HxWx3 uint8 array of any size and mode -> the paper's byte stream."""
+    """A PIL image or HxW(x3) uint8 array of any size and mode -> the paper's byte stream."""
     return self.encode_fitted(self.fit(image))
 
   # ---- decoding -------------------------------------------------------------------------
@@ -127,14 +139,14 @@ class JpegCodec:
         problems.append(f"{len(layout.restart_offsets)} restart markers, expected {expected}")
     # What libjpeg gets: tables back in, the scan up to its end, then EOI.
     stream = data[:2] + tables + data[2:layout.end] + _EOI
-    image = self._pixels(stream, header)
+    image = self._pixels(stream, self.mode)
     if checked is None:
       rows = header.height if not problems else 0
     else:
       rows = min(header.height, checked[0] // header.mcus_per_row * header.mcu_size[1])
     if image is None:
       problems.append("libjpeg could not decode the scan")
-      image, rows = Image.new("RGB", (header.width, header.height), (128, 128, 128)), 0
+      image, rows = Image.new(self.mode, (header.width, header.height), (128,) * len(self.mode)), 0
     return Decoded(image=image, complete=not problems, reason="; ".join(problems),
                    valid_rows=rows if problems else header.height)
 
@@ -165,16 +177,16 @@ class JpegCodec:
   def _tables_probe(self) -> bytes:
     # A tiny full stream whose header carries the standard tables, for the Huffman check.
     out = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(out, **self._save_options())
+    Image.new(self.mode, (8, 8)).save(out, **self._save_options())
     return out.getvalue()
 
   @staticmethod
-  def _pixels(stream: bytes, header: jpeg_stream.JpegHeader) -> Image.Image | None:
+  def _pixels(stream: bytes, mode: str) -> Image.Image | None:
     try:
       with _allow_truncated():
         image = Image.open(io.BytesIO(stream))
         image.load()
-      return image.convert("RGB") if image.mode != "RGB" else image
+      return image.convert(mode) if image.mode != mode else image
     except (OSError, SyntaxError, ValueError):
       return None
 
@@ -182,7 +194,7 @@ class JpegCodec:
 
   def prefix_rows(self, ratio: float) -> int:
     """Pixel rows that `prefix(data, ratio)` keeps for a `size` x `size` image."""
-    mcu_h = 16 if self.subsampling == "4:2:0" else 8
+    mcu_h = 16 if self.subsampling == "4:2:0" and self.color == "rgb" else 8
     return min(self.size, math.floor(ratio * math.ceil(self.size / mcu_h) + 1e-9) * mcu_h)
 
   def prefix(self, data: bytes, ratio: float) -> bytes:
