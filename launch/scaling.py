@@ -1,4 +1,6 @@
 """Data-parallel scaling: the same short run at several device counts, timed and compared.
+With --predict, predicted scaling on TPU slices from ahead-of-time compiles instead
+(launch/scaling_predict.py: `--predict --topology v5p --chips 16,...,1024`).
 
   python launch/scaling.py --config configs/jpeglm.py:size=small --devices 1,2,4,8 \
       [--global-batch 16] [--per-device-batch 2] [--steps 10] [--mode weak|strong|both] \
@@ -116,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   overrides = [a for a in argv if a.startswith("--config.")]
   rest = [a for a in argv if not a.startswith("--config.") and a != "--"]
+  if "--predict" in rest:
+    sys.path.insert(0, REPO)
+    from launch import scaling_predict
+    return scaling_predict.main(rest, overrides)
   parser = argparse.ArgumentParser(prog="launch/scaling.py", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True)
