@@ -109,3 +109,15 @@ def test_prepare_reports_the_skipped_files(mixed_folder, tokenizer, tmp_path):
   config.data.max_bad_fraction = 0.1
   with pytest.raises(BadInputsError):
     prepare.prepare(config, str(tmp_path / "again"), progress=False)
+
+
+def test_a_source_with_no_good_file_fails_instead_of_spinning(tmp_path, tokenizer):
+  # max_bad_fraction=1.0 never trips the fraction check: a whole pass without one good input
+  # must still end the iterator (it used to go round the source forever).
+  for name in ("a.png", "b.jpg", "c.gif"):
+    (tmp_path / name).write_bytes(b"not a picture\n" * 20)
+  config = folder_config(tmp_path, max_bad_fraction=1.0)
+  iterator = pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=1)
+  with pytest.raises(BadInputsError, match=r"none of the 3 inputs .* could be encoded; last: "
+                                           r".*\.(png|jpg|gif): not an image"):
+    next(iterator)
