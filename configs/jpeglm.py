@@ -85,6 +85,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.eval_fraction = 0.05  # held out of data.source when eval_source is empty
   c.data.eval_batches = 4  # batches per evaluation, the same ones every time
   c.data.tfds_feature = ""  # the tfds feature holding the media; empty: "image" / "video"
+  # A file not decoded + encoded within this many seconds is abandoned, skipped and counted
+  # (a helper process per data worker; 0: no deadline, no helper). Video clips take longer.
+  c.data.max_seconds_per_file = 10.0 if codec_name == "jpeg" else 60.0
+  c.data.shuffle_buffer = 512  # wds: / parquet: items mixed across shards (data_pipeline.streaming)
+  c.data.cache_dir = ""  # local copies of remote arrayrecord: shards (empty: the temp folder)
 
   d_model, n_layers, n_heads, n_kv_heads, d_ff = MODEL_SIZES[size]
   c.model = ml_collections.ConfigDict()

@@ -2,12 +2,15 @@
 
 Runs inside Grain worker processes, so the encoder pickles as plain settings and builds its
 codec and tokenizer lazily in each process. A bad item never raises here: it becomes an
-`{"error": reason}` record that `bad_inputs.SkipBadInputs` counts and drops.
+`{"error": reason}` record that `bad_inputs.SkipBadInputs` counts and drops. With
+`max_seconds_per_file` > 0 the decode + encode runs in a helper process with that deadline
+(data_pipeline.bounded_encode): a slower file is abandoned and skipped the same way.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from typing import Any
 
@@ -24,7 +27,8 @@ class DocumentEncoder:
   """`(source_index, item, stream_index) -> {"tokens", "source"} | {"error", "source"}`."""
 
   def __init__(self, codec_settings: dict, tokenizer_model: bytes | None, item_kind: str,
-               augment: bool, seed: int, tfds_feature: str = "image", token_dtype: str = ""):
+               augment: bool, seed: int, tfds_feature: str = "image", token_dtype: str = "",
+               max_seconds_per_file: float = 0):
     self.codec_settings = dict(codec_settings)
     self.tokenizer_model = tokenizer_model
     self.item_kind = item_kind
@@ -32,12 +36,15 @@ class DocumentEncoder:
     self.seed = seed
     self.tfds_feature = tfds_feature
     self.token_dtype = token_dtype
+    self.max_seconds_per_file = float(max_seconds_per_file or 0)
     self._codec = None
     self._tokenizer = None
 
   def __getstate__(self) -> dict:
     # Built objects (SentencePiece, codecs) stay behind; each worker rebuilds its own.
-    return {**self.__dict__, "_codec": None, "_tokenizer": None}
+    state = {**self.__dict__, "_codec": None, "_tokenizer": None}
+    state.pop("_settings_pickle", None)
+    return state
 
   @property
   def codec(self):
@@ -79,6 +86,11 @@ class DocumentEncoder:
 
   def codec_bytes(self, item: Any, name: str, rng: np.random.Generator | None) -> bytes:
     """The codec stream of a FILE or TFDS_RECORD item (raises CodecError for bad input)."""
+    if self.item_kind == sources.STREAM:  # {"name", "data"} read from a tar or parquet shard
+      if self.is_video:
+        return self._video_bytes_from_memory(item["data"], name)
+      return self._image_bytes(image_from_bytes(item["data"], self.codec.max_pixels, name,
+                                                self.codec_settings.get("size")), rng)
     if self.item_kind == sources.FILE:
       if self.is_video:
         if os.path.getsize(item) == 0:
@@ -95,7 +107,30 @@ class DocumentEncoder:
 
   # ---- the whole item -------------------------------------------------------------------
 
+  def codec_bytes_at(self, item: Any, name: str, stream_index: int) -> bytes:
+    rng = augment.item_rng(self.seed, stream_index) if self.augment else None
+    return self.codec_bytes(item, name, rng)
+
+  def _bounded_codec_bytes(self, item: Any, name: str, stream_index: int) -> bytes:
+    from data_pipeline import bounded_encode
+
+    if not hasattr(self, "_settings_pickle"):  # the helper needs no tokenizer and no deadline
+      helper_encoder = DocumentEncoder.__new__(DocumentEncoder)
+      helper_encoder.__dict__.update({**self.__getstate__(), "tokenizer_model": None,
+                                      "max_seconds_per_file": 0})
+      self._settings_pickle = pickle.dumps(helper_encoder)
+    status, value = bounded_encode.helper_for(self._settings_pickle).run(
+        (item, name, stream_index), self.max_seconds_per_file)
+    if status == "timeout":
+      raise CodecError(f"{name}: not decoded and encoded within data.max_seconds_per_file="
+                       f"{self.max_seconds_per_file:g}; abandoned")
+    if status == "error":
+      raise CodecError(value)
+    return value
+
   def item_name(self, source_index: int, item: Any) -> str:
+    if self.item_kind == sources.STREAM:
+      return item["name"]
     if self.item_kind == sources.FILE:
       return item
     path = item.get("path") if isinstance(item, dict) else None  # media_folder datasets keep it
@@ -107,9 +142,13 @@ class DocumentEncoder:
     name = self.item_name(source_index, item)
     if self.item_kind == sources.TOKENS:
       return {"tokens": self._stored_tokens(item), "source": name}
-    rng = augment.item_rng(self.seed, stream_index) if self.augment else None
+    if self.item_kind == sources.STREAM and "error" in item:  # the shard could not be read
+      return {"error": item["error"], "source": name}
     try:
-      data = self.codec_bytes(item, name, rng)
+      if self.max_seconds_per_file > 0:
+        data = self._bounded_codec_bytes(item, name, stream_index)
+      else:
+        data = self.codec_bytes_at(item, name, stream_index)
     except Exception as e:  # noqa: BLE001 - any failure on one file must only skip that file
       reason = str(e).splitlines()[0] if str(e) else type(e).__name__
       return {"error": reason if name in reason else f"{name}: {reason}", "source": name}

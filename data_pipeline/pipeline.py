@@ -13,7 +13,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from data_pipeline import bad_inputs, packing, sources, workers
+from data_pipeline import bad_inputs, packing, sources, streaming, workers
 from data_pipeline.batch_iterator import BatchIterator
 from data_pipeline.document_encoding import DocumentEncoder
 from jpeglm.errors import JpeglmError
@@ -44,15 +44,26 @@ def split_source(config: ml_collections.ConfigDict, split: str
   data = config.data
   kind = media_kind(config)
   feature = data.get("tfds_feature", "") or kind
+  cache_dir = data.get("cache_dir", "")
   if split == "eval" and data.eval_source:
-    source = sources.open_source(data.eval_source, kind, data.tfds_data_dir, feature)
+    source = sources.open_source(data.eval_source, kind, data.tfds_data_dir, feature, cache_dir)
     return source, np.arange(len(source.items))
-  source = sources.open_source(data.source, kind, data.tfds_data_dir, feature)
+  source = sources.open_source(data.source, kind, data.tfds_data_dir, feature, cache_dir)
   if data.eval_source:
     if split not in ("train", "eval"):
       raise JpeglmError(f"split={split!r}: use train or eval")
     return source, np.arange(len(source.items))
   return source, sources.split_indices(len(source.items), split, data.get("eval_fraction", 0.05))
+
+
+class _EncodeStreamed:
+  """Grain `map` function for streaming sources: a read item -> document."""
+
+  def __init__(self, encoder: DocumentEncoder):
+    self.encoder = encoder
+
+  def __call__(self, item: dict) -> dict:
+    return self.encoder(-1, item, 0)
 
 
 class _EncodeAt:
@@ -79,8 +90,9 @@ def _check_tokenizer(source: sources.Source, tokenizer: ByteTokenizer | None) ->
 
 @dataclasses.dataclass(frozen=True)
 class Documents:
-  dataset: grain.MapDataset  # {"tokens" | "codec_bytes" | "error", "source"} per position
-  shard_size: int            # items of this process's shard: one epoch
+  # {"tokens" | "codec_bytes" | "error", "source"} per position; an IterDataset for streams
+  dataset: grain.MapDataset | grain.IterDataset
+  shard_size: int | None     # items of this process's shard (one epoch); None: a stream
   source: sources.Source
 
 
@@ -88,18 +100,27 @@ def encoded_documents(config: ml_collections.ConfigDict, tokenizer: ByteTokenize
                       split: str, process_index: int, process_count: int, shuffle: bool,
                       repeat: bool, seed: int) -> Documents:
   """Random-access documents of one process's shard, bad ones as {"error"} records.
-  Without a tokenizer, documents hold `codec_bytes` instead of `tokens`."""
+  Without a tokenizer, documents hold `codec_bytes` instead of `tokens`. Streaming sources
+  give an IterDataset over this process's files (`shard_size` None)."""
   source, indices = split_source(config, split)
   _check_tokenizer(source, tokenizer)
   shard = indices[process_index::process_count]
   if len(shard) == 0:
-    raise JpeglmError(f"{split} split of {source.spec} has {len(indices)} items: too few for "
+    unit = "files" if source.item_kind == sources.STREAM else "items"
+    raise JpeglmError(f"{split} split of {source.spec} has {len(indices)} {unit}: too few for "
                       f"{process_count} processes")
   encoder = DocumentEncoder(
       dict(config.codec), tokenizer.serialized() if tokenizer is not None else None,
       source.item_kind, source.augment, seed,
       tfds_feature=config.data.get("tfds_feature", "") or media_kind(config),
-      token_dtype=source.token_dtype)
+      token_dtype=source.token_dtype,
+      max_seconds_per_file=config.data.get("max_seconds_per_file", 0))
+  if source.item_kind == sources.STREAM:  # `shard` holds file indices
+    stream = streaming.StreamDataset(
+        [source.items[i] for i in shard], source.reader, seed=seed, shuffle=shuffle,
+        shuffle_buffer=config.data.get("shuffle_buffer", streaming.DEFAULT_SHUFFLE_BUFFER),
+        repeat=repeat)
+    return Documents(stream.map(_EncodeStreamed(encoder)), None, source)
   ds = grain.MapDataset.source(shard)
   if shuffle:
     ds = ds.shuffle(seed=seed)  # followed by repeat: a fresh order every epoch
@@ -122,8 +143,11 @@ def _batches(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer, *, spl
   documents = encoded_documents(
       config, tokenizer, split=split, process_index=process_index, process_count=process_count,
       shuffle=shuffle, repeat=True, seed=seed)
-  good = bad_inputs.SkipBadInputs(documents.dataset.to_iter_dataset(),
-                                  config.data.max_bad_fraction, documents.shard_size)
+  dataset = documents.dataset
+  if isinstance(dataset, grain.MapDataset):
+    dataset = dataset.to_iter_dataset()
+  good = bad_inputs.SkipBadInputs(dataset, config.data.max_bad_fraction,
+                                  documents.shard_size or bad_inputs.MIN_ITEMS_BEFORE_CHECK)
   rows = packing.pack(good.map(packing.to_lm_example), packing_name, config.data.seq_len, seed)
   batches = rows.batch(global_batch // process_count, drop_remainder=True)
   batches = batches.map(packing.FinishBatch(packing.piece_lengths(tokenizer)))

@@ -6,6 +6,11 @@ Each source is a Grain random-access source (`__len__` + `__getitem__`) of *item
   - `tfds:NAME[/CONFIG]:SPLIT`: tfds records (dicts) read from array_record files, with image
     features left encoded (`SkipDecoding`) so Pillow, not TensorFlow, decodes them;
   - `arrayrecord:GLOB`: serialized token documents written by `jpeglm prepare`.
+Streaming sources have no random access: their `items` are the shard files, read by
+`data_pipeline.streaming` into {"name", "data"} items:
+  - `wds:GLOB`: WebDataset tar shards (data_pipeline.wds_source);
+  - `parquet:GLOB[:COLUMN]`: Hugging Face parquet files (data_pipeline.parquet_source).
+GLOBs of these and of `arrayrecord:` may be fsspec URLs (`gs://...`: data_pipeline.remote_files).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from jpeglm.errors import JpeglmError
 
 # Item kinds: what the encoding stage has to do with an item.
 FILE, TFDS_RECORD, TOKENS = "file", "tfds_record", "tokens"
+STREAM = "stream"  # items are shard files; the documents come from `reader`
+STREAM_PREFIXES = ("wds:", "parquet:")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +39,7 @@ class Source:
   augment: bool         # builtin media: random crops and flips, an endless varied stream
   token_dtype: str = "" # TOKENS only: dtype of the stored ids
   tokenizer_sha256: str = ""  # TOKENS only: the tokenizer the shards were written with
+  reader: Any = None    # STREAM only: (file, start) -> items ({"name", "data" | "error"})
 
 
 def _tfds_source(spec: str, data_dir: str, feature: str) -> Source:
@@ -56,11 +64,14 @@ def _tfds_source(spec: str, data_dir: str, feature: str) -> Source:
   return Source(spec, items, TFDS_RECORD, augment=False)
 
 
-def _arrayrecord_source(spec: str) -> Source:
-  from data_pipeline import prepared_shards
+def _arrayrecord_source(spec: str, cache_dir: str = "") -> Source:
+  from data_pipeline import prepared_shards, remote_files
 
   pattern = spec[len("arrayrecord:"):]
-  paths = sorted(glob.glob(pattern))
+  if remote_files.is_url(pattern):  # read by random access: local copies of remote shards
+    paths = remote_files.local_copies(remote_files.glob_files(pattern), cache_dir)
+  else:
+    paths = sorted(glob.glob(pattern))
   if not paths:
     raise JpeglmError(f"no ArrayRecord shards match {pattern!r}")
   meta = prepared_shards.read_meta(os.path.dirname(paths[0]))
@@ -69,15 +80,19 @@ def _arrayrecord_source(spec: str) -> Source:
                 tokenizer_sha256=meta["tokenizer_sha256"])
 
 
-def open_source(spec: str, kind: str, tfds_data_dir: str = "", tfds_feature: str = "image"
-                ) -> Source:
+def open_source(spec: str, kind: str, tfds_data_dir: str = "", tfds_feature: str = "image",
+                cache_dir: str = "") -> Source:
   """The source named by `spec`; `kind` is "image" or "video" (which files a folder yields)."""
   if not spec:
     raise JpeglmError("empty data source: set config.data.source")
   if spec.startswith("tfds:"):
     return _tfds_source(spec, tfds_data_dir, tfds_feature)
   if spec.startswith("arrayrecord:"):
-    return _arrayrecord_source(spec)
+    return _arrayrecord_source(spec, cache_dir)
+  if spec.startswith(STREAM_PREFIXES):
+    from data_pipeline import streaming
+    files, reader = streaming.open_files(spec, kind)
+    return Source(spec, files, STREAM, augment=False, reader=reader)
   if spec == digits.SPEC:
     if kind != "image":
       raise JpeglmError(f"{spec} holds images; it cannot feed a video codec")

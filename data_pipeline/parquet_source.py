@@ -1,0 +1,104 @@
+"""`parquet:GLOB[:COLUMN]`: parquet files as Hugging Face datasets publishes them.
+
+The media column is either Hugging Face's image/video struct (`{bytes, path}`) or a plain
+bytes column. Without COLUMN, the column named "image" ("video" for the AVC codec) is used,
+else the first one that holds bytes. Files are read one row group at a time with pyarrow,
+so memory stays at one row group whatever the file size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_pipeline import remote_files
+from jpeglm.errors import JpeglmError
+
+
+def split_spec(rest: str) -> tuple[str, str]:
+  """"GLOB[:COLUMN]" -> (GLOB, COLUMN or ""); a URL's "gs://" is never taken for a column."""
+  head, sep, tail = rest.rpartition(":")
+  if sep and head and tail and "/" not in tail and "*" not in tail and "." not in tail:
+    return head, tail
+  return rest, ""
+
+
+def _holds_bytes(field_type: pa.DataType) -> bool:
+  if pa.types.is_binary(field_type) or pa.types.is_large_binary(field_type):
+    return True
+  return pa.types.is_struct(field_type) and field_type.get_field_index("bytes") >= 0
+
+
+def media_column(schema: pa.Schema, column: str, kind: str, path: str) -> str:
+  if column:
+    if column not in schema.names:
+      raise JpeglmError(f"{path} has no column {column!r} (it has {', '.join(schema.names)})")
+    if not _holds_bytes(schema.field(column).type):
+      raise JpeglmError(f"{path}: column {column!r} holds {schema.field(column).type}, not "
+                        "bytes or a {bytes, path} struct")
+    return column
+  if kind in schema.names and _holds_bytes(schema.field(kind).type):
+    return kind
+  for field in schema:
+    if _holds_bytes(field.type):
+      return field.name
+  raise JpeglmError(f"{path} has no bytes column (columns: {', '.join(schema.names)}); "
+                    "name one as parquet:GLOB:COLUMN")
+
+
+def _row_item(value, path: str, row: int) -> dict:
+  name = f"{path}#{row}"
+  if isinstance(value, dict):
+    if value.get("path"):
+      name = f"{path}#{row}:{value['path']}"
+    value = value.get("bytes")
+  if not value:
+    return {"name": name, "error": f"{name}: no media bytes in this row"}
+  return {"name": name, "data": bytes(value)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParquetReader:
+  """`(path, start) -> items` from row `start` on: `{"name", "data"}` per row, `{"name",
+  "error"}` for an empty row and for each row of a row group that cannot be read (rows are
+  counted from the footer, so positions stay the same whether a row group reads or not)."""
+
+  column: str
+  kind: str  # "image" or "video"
+
+  def __call__(self, path: str, start: int = 0) -> Iterator[dict]:
+    try:
+      f = remote_files.open_file(path)
+      parquet = pq.ParquetFile(f)
+      column = media_column(parquet.schema_arrow, self.column, self.kind, path)
+    except JpeglmError:
+      raise
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+      yield {"name": path, "error": f"{path}: unreadable parquet file ({str(e).splitlines()[0]})"}
+      return
+    with f:
+      first_row = 0
+      for group in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        if first_row + rows <= start:
+          first_row += rows
+          continue
+        try:
+          values = parquet.read_row_group(group, columns=[column]).column(0).to_pylist()
+          if len(values) != rows:
+            raise ValueError(f"{len(values)} rows read, the footer says {rows}")
+        except Exception as e:  # noqa: BLE001 - one damaged row group only skips its rows
+          reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+          reason = "".join(c if c.isprintable() else "?" for c in reason)  # thrift quotes bytes
+          values = [RuntimeError(reason)] * rows
+        for row in range(max(start - first_row, 0), rows):
+          value = values[row]
+          if isinstance(value, Exception):
+            name = f"{path}#{first_row + row}"
+            yield {"name": name, "error": f"{name}: unreadable row group {group} ({value})"}
+          else:
+            yield _row_item(value, path, first_row + row)
+        first_row += rows

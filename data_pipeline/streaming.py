@@ -1,0 +1,206 @@
+"""Streaming sources (`wds:`, `parquet:`): items read front to back from this data shard's
+files, mixed across files, with a small JSON state for exact resume.
+
+There is no index of the whole dataset. A data shard reads its own files (file i of data
+shard s: `files[s::num_shards]`, and Grain workers split those again), `cycle_length` of them
+at once, taking items in turn, so that consecutive items come from different files. A window
+of `shuffle_buffer` items is then permuted by a seed derived from (seed, window number).
+
+State: where the reading stood when the current window began (epoch, next file, the open
+files and how many items each has given) plus the window number and how many of its items
+were returned. Resuming re-reads that one window (raw bytes, no decoding) and goes on from
+the same item: the batches equal those of an uninterrupted run. Each epoch visits the files
+in a new order (seeded), and with `repeat` the stream never ends.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grain
+import numpy as np
+
+from jpeglm.errors import JpeglmError
+
+# Items in one shuffle window: ~50 MB of 100 KB web images per data shard and worker.
+DEFAULT_SHUFFLE_BUFFER = 512
+
+# A reader gives the items of one file from a position on: (path, start) -> iterator of dicts.
+Reader = Callable[[str, int], Iterator[dict]]
+
+
+class _StreamIterator(grain.DatasetIterator):
+
+  def __init__(self, files: list[str], reader: Reader, seed: int, shuffle: bool,
+               shuffle_buffer: int, cycle_length: int, repeat: bool):
+    super().__init__()
+    self._files, self._reader, self._seed = files, reader, seed
+    self._shuffle, self._repeat = shuffle, repeat
+    self._buffer_size = max(1, shuffle_buffer) if shuffle else 1
+    self._cycle = max(1, min(cycle_length, len(files)))
+    # Reading position: epoch, next file (index into the epoch's order), open slots
+    # [[order index, items given]], and whose turn it is.
+    self._read = {"epoch": 0, "next_file": 0, "slots": [], "turn": 0}
+    self._open: list[Iterator[dict] | None] = []  # live readers, one per slot
+    self._window_start = copy.deepcopy(self._read)
+    self._window_index = 0
+    self._window: list[dict] = []
+    self._emitted = 0
+    self._filled = False
+    self._items_this_epoch = 1  # not known after a restore; only guards an empty epoch
+
+  # ---- reading files in turn --------------------------------------------------------------
+
+  def _order(self, epoch: int) -> np.ndarray:
+    if not self._shuffle:
+      return np.arange(len(self._files))
+    return np.random.default_rng([self._seed, epoch]).permutation(len(self._files))
+
+  def _open_slot(self, order_index: int, given: int) -> Iterator[dict]:
+    path = self._files[int(self._order(self._read["epoch"])[order_index])]
+    return iter(self._reader(path, given))
+
+  def _fill_slots(self) -> bool:
+    """Opens files until `cycle` slots are open; False when the stream has ended."""
+    read = self._read
+    while len(read["slots"]) < self._cycle:
+      if read["next_file"] < len(self._files):
+        read["slots"].append([read["next_file"], 0])
+        self._open.append(None)
+        read["next_file"] += 1
+      elif read["slots"]:
+        break  # the epoch's last files are draining
+      elif self._repeat:
+        if not self._items_this_epoch:
+          raise JpeglmError(f"{len(self._files)} files gave no items in a whole epoch "
+                            f"(first: {self._files[0]})")
+        self._items_this_epoch = 0
+        read["epoch"] += 1
+        read["next_file"] = 0
+      else:
+        return False
+    return True
+
+  def _next_item(self) -> dict | None:
+    read = self._read
+    while True:
+      if not self._fill_slots():
+        return None
+      slot = read["turn"] % len(read["slots"])
+      if self._open[slot] is None:
+        self._open[slot] = self._open_slot(*read["slots"][slot])
+      item = next(self._open[slot], None)
+      if item is None:  # this file is done: the next one takes its place
+        del read["slots"][slot], self._open[slot]
+        if read["slots"]:
+          read["turn"] = slot % len(read["slots"])
+        else:
+          read["turn"] = 0
+        continue
+      read["slots"][slot][1] += 1
+      self._items_this_epoch += 1
+      read["turn"] = (slot + 1) % len(read["slots"])
+      return item
+
+  # ---- the shuffle window -----------------------------------------------------------------
+
+  def _fill_window(self) -> None:
+    self._window_start = copy.deepcopy(self._read)
+    window = []
+    while len(window) < self._buffer_size:
+      item = self._next_item()
+      if item is None:
+        break
+      window.append(item)
+    if self._shuffle and len(window) > 1:
+      order = np.random.default_rng([self._seed, 1 << 20, self._window_index]).permutation(
+          len(window))
+      window = [window[i] for i in order]
+    self._window = window
+    self._filled = True
+
+  def __next__(self) -> dict:
+    if not self._filled:
+      self._fill_window()
+    if self._emitted >= len(self._window):
+      if not self._window:
+        raise StopIteration
+      self._window_index += 1
+      self._emitted = 0
+      self._fill_window()
+      if not self._window:
+        raise StopIteration
+    item = self._window[self._emitted]
+    self._emitted += 1
+    return item
+
+  def get_state(self) -> dict[str, Any]:
+    return {"read": copy.deepcopy(self._window_start if self._filled else self._read),
+            "window": self._window_index, "emitted": self._emitted}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._read = {"epoch": int(state["read"]["epoch"]),
+                  "next_file": int(state["read"]["next_file"]),
+                  "slots": [[int(a), int(b)] for a, b in state["read"]["slots"]],
+                  "turn": int(state["read"]["turn"])}
+    self._open = [None] * len(self._read["slots"])
+    self._window_index = int(state["window"])
+    self._emitted = int(state["emitted"])
+    self._window = []
+    self._filled = False
+    if self._emitted:  # re-read the window the checkpoint was taken in
+      emitted = self._emitted
+      self._fill_window()
+      self._emitted = emitted
+
+
+class StreamDataset(grain.IterDataset):
+  """Items of `files` read by `reader`, in turns over `cycle_length` files, shuffled in
+  windows of `shuffle_buffer` (see the module docstring)."""
+
+  def __init__(self, files: list[str], reader: Reader, *, seed: int, shuffle: bool,
+               shuffle_buffer: int, repeat: bool, cycle_length: int = 4):
+    super().__init__()
+    if not files:
+      raise JpeglmError("a streaming source needs at least one file")
+    self._files = list(files)
+    self._reader = reader
+    self._seed, self._shuffle, self._repeat = seed, shuffle, repeat
+    self._shuffle_buffer, self._cycle_length = shuffle_buffer, cycle_length
+
+  def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+    """Grain workers: each reads its own files of this data shard."""
+    del sequential_slice  # files are split round-robin either way
+    files = self._files[sl]
+    if not files:
+      raise JpeglmError(f"{len(self._files)} files for this data shard cannot feed "
+                        f"{sl.step} data workers: use more shards or fewer data.num_workers")
+    self._files = files
+
+  def __iter__(self) -> _StreamIterator:
+    return _StreamIterator(self._files, self._reader, self._seed, self._shuffle,
+                           self._shuffle_buffer, self._cycle_length, self._repeat)
+
+  def __str__(self) -> str:
+    return f"StreamDataset({len(self._files)} files)"
+
+
+def open_files(spec: str, kind: str) -> tuple[list[str], Reader]:
+  """The shard files and the reader of a `wds:GLOB` or `parquet:GLOB[:COLUMN]` source."""
+  from data_pipeline import parquet_source, remote_files, wds_source
+
+  if spec.startswith("wds:"):
+    pattern, reader = spec[len("wds:"):], wds_source.TarReader(kind)
+  elif spec.startswith("parquet:"):
+    pattern, column = parquet_source.split_spec(spec[len("parquet:"):])
+    reader = parquet_source.ParquetReader(column, kind)
+  else:
+    raise JpeglmError(f"{spec!r} is not a streaming source (wds:GLOB or parquet:GLOB[:COLUMN])")
+  if not pattern:
+    raise JpeglmError(f"{spec!r}: give a file glob after the colon")
+  files = remote_files.glob_files(pattern)
+  if not files:
+    raise JpeglmError(f"no files match {pattern!r} ({spec})")
+  return files, reader

@@ -1,0 +1,232 @@
+"""Streaming sources as datasets are shipped: WebDataset tars (`wds:`), Hugging Face parquet
+(`parquet:`), fsspec URLs, and files too slow to decode (`data.max_seconds_per_file`).
+
+The shards are built here from the real photos and videos inside installed wheels, written
+the way img2dataset / video2dataset and Hugging Face datasets write them, with damaged
+members, rows and row groups among them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import time
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from data_pipeline import parquet_source, pipeline, prepare, prepared_shards, sources, wds_source
+from data_pipeline.media_files import builtin_photos, builtin_videos
+from jpeglm.config_io import load_config
+from jpeglm.errors import JpeglmError
+from jpeglm.tokenizer import ByteTokenizer
+from tests.train_helpers import CONFIG, train_tiny_tokenizer
+
+PHOTOS_PER_SHARD = 4
+
+
+def jpeg_bytes(path: str, side: int = 96) -> bytes:
+  image = Image.open(path).convert("RGB")
+  image.thumbnail((side, side))
+  out = io.BytesIO()
+  image.save(out, "JPEG", quality=90)
+  return out.getvalue()
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  info.mtime = 0
+  tar.addfile(info, io.BytesIO(data))
+
+
+def write_wds_shard(path, samples: list[tuple[str, bytes]], ext: str = "jpg",
+                    truncate_last: bool = False) -> None:
+  """img2dataset's layout: KEY.jpg, KEY.json, KEY.txt per sample, in key order."""
+  with tarfile.open(path, "w") as tar:
+    for key, data in samples:
+      add_member(tar, f"{key}.{ext}", data)
+      add_member(tar, f"{key}.json", json.dumps({"key": key, "status": "success"}).encode())
+      add_member(tar, f"{key}.txt", f"caption of {key}".encode())
+  if truncate_last:  # the last media member is cut in the middle (an interrupted upload)
+    with tarfile.open(path) as tar:
+      last = [m for m in tar.getmembers() if m.name.endswith(f".{ext}")][-1]
+    with open(path, "r+b") as f:
+      f.truncate(last.offset_data + last.size // 2)
+
+
+@pytest.fixture(scope="module")
+def photo_bytes():
+  return [jpeg_bytes(p) for p in builtin_photos()[:3 * PHOTOS_PER_SHARD]]
+
+
+@pytest.fixture(scope="module")
+def wds_dir(tmp_path_factory, photo_bytes):
+  """3 shards of 4 samples; shard 1 has a corrupt jpg, shard 2 a truncated final member."""
+  folder = tmp_path_factory.mktemp("wds")
+  for shard in range(3):
+    samples = [(f"{shard:05d}{i:04d}", photo_bytes[shard * PHOTOS_PER_SHARD + i])
+               for i in range(PHOTOS_PER_SHARD)]
+    if shard == 1:
+      samples[2] = (samples[2][0], b"\xff\xd8\xff\xe0 not really a jpeg")
+    write_wds_shard(folder / f"{shard:05d}.tar", samples, truncate_last=shard == 2)
+  return folder
+
+
+def hf_image(data: bytes | None, path: str) -> dict:
+  return {"bytes": data, "path": path}
+
+
+@pytest.fixture(scope="module")
+def parquet_dir(tmp_path_factory, photo_bytes):
+  """2 files with Hugging Face's image struct, 2 rows per row group; an empty row, a corrupt
+  image, and in file 1 a row group whose page header is destroyed."""
+  folder = tmp_path_factory.mktemp("parquet")
+  for part in range(2):
+    images = [hf_image(photo_bytes[part * 6 + i], f"photo{part}_{i}.jpg") for i in range(6)]
+    if part == 0:
+      images[1] = hf_image(None, "missing.jpg")
+      images[4] = hf_image(b"garbage", "garbage.jpg")
+    table = pa.table({"image": images, "text": [f"caption {i}" for i in range(6)]})
+    path = folder / f"train-{part:05d}-of-00002.parquet"
+    pq.write_table(table, path, row_group_size=2, compression="none")
+    if part == 1:
+      chunk = pq.ParquetFile(path).metadata.row_group(1).column(0)
+      with open(path, "r+b") as f:
+        f.seek(chunk.data_page_offset)
+        f.write(b"\xff" * 24)
+  return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+  return train_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_path):
+  return ByteTokenizer.load(tokenizer_path)
+
+
+def tiny_config(source: str, **data):
+  config = load_config(CONFIG)
+  config.train.global_batch = 2
+  config.data.seq_len = 128
+  config.model.max_len = 128
+  config.data.source = source
+  config.data.shuffle_buffer = 6
+  for key, value in data.items():
+    config.data[key] = value
+  return config
+
+
+def stream_documents(config, tokenizer, process_index=0, process_count=1, split="train"):
+  documents = pipeline.encoded_documents(
+      config, tokenizer, split=split, process_index=process_index, process_count=process_count,
+      shuffle=False, repeat=False, seed=0)
+  assert documents.shard_size is None
+  return list(iter(documents.dataset))
+
+
+def take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+# ---- readers ----------------------------------------------------------------------------
+
+
+def test_tar_reader_takes_media_members_and_reports_a_truncated_one(wds_dir):
+  reader = wds_source.TarReader("image")
+  items = list(reader(str(wds_dir / "00002.tar")))
+  assert [os.path.basename(i["name"]) for i in items] == [
+      "000020000.jpg", "000020001.jpg", "000020002.jpg", "000020003.jpg"]
+  assert all("data" in i for i in items[:3]) and items[3]["data" if False else "error"]
+  assert "unreadable tar shard" in items[3]["error"] and "000020003.jpg" in items[3]["error"]
+  # Resuming inside a shard gives the same items from that position on.
+  assert list(reader(str(wds_dir / "00002.tar"), 2)) == items[2:]
+  assert list(reader(str(wds_dir / "00002.tar"), 4)) == []
+  # Not a tar at all: one error naming the file.
+  (bad,) = list(reader(str(wds_dir.parent / "does-not-exist.tar")))
+  assert "does-not-exist.tar" in bad["error"]
+
+
+def test_parquet_reader_reads_the_hf_image_struct_and_skips_bad_rows(parquet_dir):
+  paths = sorted(str(p) for p in parquet_dir.iterdir())
+  reader = parquet_source.ParquetReader("", "image")
+  first, second = list(reader(paths[0])), list(reader(paths[1]))
+  assert len(first) == len(second) == 6  # one item per row, readable or not
+  assert "no media bytes" in first[1]["error"] and first[1]["name"].endswith("missing.jpg")
+  assert first[4]["data"] == b"garbage"  # bytes are read; the encoder rejects them later
+  assert [("error" in i) for i in second] == [False, False, True, True, False, False]
+  assert "unreadable row group 1" in second[2]["error"]
+  assert list(reader(paths[1], 3)) == second[3:]
+  assert parquet_source.split_spec("gs://b/x/*.parquet:image") == ("gs://b/x/*.parquet", "image")
+  assert parquet_source.split_spec("gs://b/x/*.parquet") == ("gs://b/x/*.parquet", "")
+  with pytest.raises(JpeglmError, match="has no column 'img'"):
+    list(parquet_source.ParquetReader("img", "image")(paths[0]))
+  with pytest.raises(JpeglmError, match="holds string"):
+    list(parquet_source.ParquetReader("text", "image")(paths[0]))
+
+
+# ---- the pipeline -----------------------------------------------------------------------
+
+
+def test_wds_documents_skip_bad_members_by_the_skip_path(wds_dir, tokenizer):
+  config = tiny_config(f"wds:{wds_dir}/*.tar", eval_fraction=0.0)
+  documents = stream_documents(config, tokenizer)
+  assert len(documents) == 12
+  errors = [d for d in documents if "error" in d]
+  assert len(errors) == 2  # the corrupt jpg and the truncated final member
+  assert any("000010002.jpg" in e["error"] for e in errors)
+  assert any("000020003.jpg" in e["error"] for e in errors)
+  for document in documents:
+    if "tokens" in document:
+      assert document["tokens"][0] == tokenizer.bos_id and document["tokens"][-1] == tokenizer.eos_id
+
+
+@pytest.mark.parametrize("kind", ["wds", "parquet"])
+def test_stream_resumes_with_exactly_the_same_batches(kind, wds_dir, parquet_dir, tokenizer):
+  source = f"wds:{wds_dir}/*.tar" if kind == "wds" else f"parquet:{parquet_dir}/*.parquet:image"
+  config = tiny_config(source, eval_fraction=0.0, max_bad_fraction=0.5)  # 4 of 12 are bad
+  straight_it = pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=1)
+  straight = take(straight_it, 60)
+  seen, skipped = straight_it.bad_inputs()
+  assert seen > 24 and skipped >= 4  # past two epochs: the bad items were met and skipped
+  first = pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=1)
+  take(first, 25)
+  state = first.get_state()
+  resumed = pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=1)
+  resumed.set_state(json.loads(json.dumps(state)))
+  for want, got in zip(straight[25:], take(resumed, 35)):
+    for key in want:
+      np.testing.assert_array_equal(want[key], got[key])
+  assert resumed.bad_inputs() == (seen, skipped)
+  # A new epoch order and shuffle: the stream is not the unshuffled one.
+  plain = take(pipeline.make_train_iterator(tiny_config(source, eval_fraction=0.0, shuffle=False,
+                                                       max_bad_fraction=0.5),
+                                            tokenizer, process_index=0, process_count=1), 60)
+  assert any(not np.array_equal(a["inputs"], b["inputs"]) for a, b in zip(straight, plain))
+
+
+def test_two_processes_read_disjoint_shards(wds_dir, tokenizer):
+  config = tiny_config(f"wds:{wds_dir}/*.tar", eval_fraction=0.0)
+  shards = [{d["source"].rsplit("/", 1)[0] for d in stream_documents(config, tokenizer, i, 2)}
+            for i in range(2)]
+  assert not shards[0] & shards[1]
+  assert shards[0] | shards[1] == {str(p) for p in wds_dir.iterdir()}
+  # 3 shards over 2 processes: 2 + 1; over 4 processes one would have nothing: refused.
+  assert sorted(len(s) for s in shards) == [1, 2]
+  with pytest.raises(JpeglmError, match="3 files: too few for 4 processes"):
+    stream_documents(config, tokenizer, 3, 4)
+
+
+def test_eval_split_holds_out_whole_shards(wds_dir, tokenizer):
+  config = tiny_config(f"wds:{wds_dir}/*.tar", eval_fraction=0.3)
+  train = {d["source"].rsplit("/", 1)[0] for d in stream_documents(config, tokenizer)}
+  held = {d["source"].rsplit("/", 1)[0] for d in stream_documents(config, tokenizer, split="eval")}
+  assert len(held) == 1 and not train & held and len(train) == 2
