@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 
+import grain
 import ml_collections
 import tqdm
 
@@ -90,7 +91,10 @@ def _prepare_split(config, tokenizer, split, out_dir, num_workers, records_per_s
   documents = pipeline.encoded_documents(
       config, tokenizer, split=split, process_index=0, process_count=1, shuffle=False,
       repeat=False, seed=config.seed)
-  stream = workers.with_workers(documents.dataset.to_iter_dataset(), num_workers)
+  dataset = documents.dataset  # an IterDataset already for wds: / parquet: (shard_size None)
+  if isinstance(dataset, grain.MapDataset):
+    dataset = dataset.to_iter_dataset()
+  stream = workers.with_workers(dataset, num_workers)
   writer = _RollingShardWriter(out_dir, split, prepared_shards.token_dtype(tokenizer.vocab_size),
                                records_per_shard)
   piece_lengths = packing.piece_lengths(tokenizer)

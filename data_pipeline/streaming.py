@@ -39,7 +39,8 @@ class _StreamIterator(grain.DatasetIterator):
     self._files, self._reader, self._seed = files, reader, seed
     self._shuffle, self._repeat = shuffle, repeat
     self._buffer_size = max(1, shuffle_buffer) if shuffle else 1
-    self._cycle = max(1, min(cycle_length, len(files)))
+    # Unshuffled (prepare, evaluation): one file after another, in file order.
+    self._cycle = max(1, min(cycle_length, len(files))) if shuffle else 1
     # Reading position: epoch, next file (index into the epoch's order), open slots
     # [[order index, items given]], and whose turn it is.
     self._read = {"epoch": 0, "next_file": 0, "slots": [], "turn": 0}

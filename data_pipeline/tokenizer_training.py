@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 
@@ -22,15 +23,19 @@ def codec_streams(config: ml_collections.ConfigDict, num_files: int, num_workers
   documents = pipeline.encoded_documents(
       config, None, split="train", process_index=0, process_count=1, shuffle=True,
       repeat=True, seed=config.seed)
-  if documents.source.item_kind != "file" and documents.source.item_kind != "tfds_record":
+  if documents.source.item_kind not in ("file", "tfds_record", "stream"):
     raise JpeglmError(f"{documents.source.spec} holds tokens already; use the tokenizer.model "
                       "written next to its shards")
-  # Augmented built-in media give a new crop on every pass; a plain source one pass at most.
-  count = num_files if documents.source.augment else min(num_files, documents.shard_size)
-  stream = workers.with_workers(documents.dataset[:count].to_iter_dataset(), num_workers)
+  if documents.shard_size is None:  # wds: / parquet: the first items of the shuffled stream
+    count, dataset = num_files, documents.dataset
+  else:
+    # Augmented built-in media give a new crop on every pass; a plain source one pass at most.
+    count = num_files if documents.source.augment else min(num_files, documents.shard_size)
+    dataset = documents.dataset[:count].to_iter_dataset()
+  stream = workers.with_workers(dataset, num_workers)
   streams, errors = [], []
   with workers.iterate(stream) as documents_iter:
-    for document in documents_iter:
+    for document in itertools.islice(documents_iter, count):
       if "error" in document:
         errors.append(document["error"])
       else:

@@ -120,6 +120,7 @@ def tiny_config(source: str, **data):
   config.model.max_len = 128
   config.data.source = source
   config.data.shuffle_buffer = 6
+  config.data.max_bad_fraction = 0.5  # the shards here are a third bad on purpose
   for key, value in data.items():
     config.data[key] = value
   return config
@@ -230,3 +231,100 @@ def test_eval_split_holds_out_whole_shards(wds_dir, tokenizer):
   train = {d["source"].rsplit("/", 1)[0] for d in stream_documents(config, tokenizer)}
   held = {d["source"].rsplit("/", 1)[0] for d in stream_documents(config, tokenizer, split="eval")}
   assert len(held) == 1 and not train & held and len(train) == 2
+
+
+def test_prepare_from_tar_gives_the_documents_read_on_the_fly(wds_dir, tokenizer_path, tmp_path):
+  config = tiny_config(f"wds:{wds_dir}/*.tar", eval_fraction=0.3)
+  config.tokenizer.path = tokenizer_path
+  tokenizer = ByteTokenizer.load(tokenizer_path)
+  out = str(tmp_path / "prepared")
+  summaries = prepare.prepare(config, out, records_per_shard=3, progress=False)
+  by_split = {s.split: s for s in summaries}
+  for split in ("train", "eval"):
+    on_the_fly = [d for d in stream_documents(config, tokenizer, split=split) if "tokens" in d]
+    stored = prepared_shards.read_documents(
+        sorted(glob_paths(prepared_shards.shard_glob(out, split))), "<u2")
+    assert len(stored) == len(on_the_fly) == by_split[split].documents
+    for a, b in zip(on_the_fly, stored):
+      np.testing.assert_array_equal(a["tokens"], b)
+  assert by_split["train"].skipped + by_split["eval"].skipped == 2
+
+
+def glob_paths(pattern):
+  import glob
+  return glob.glob(pattern)
+
+
+def test_tokenizer_trains_from_a_parquet_source(parquet_dir, tmp_path):
+  from data_pipeline import tokenizer_training
+
+  config = tiny_config(f"parquet:{parquet_dir}/*.parquet", eval_fraction=0.0)
+  config.tokenizer.num_files = 5
+  streams, errors = tokenizer_training.codec_streams(config, 5)
+  assert len(streams) + len(errors) == 5 and streams
+  assert all(s[:2] == b"\xff\xd8" for s in streams)
+
+
+# ---- remote paths (fsspec), through the same code path as gs:// -------------------------
+
+
+def copy_to_memory_fs(folder, prefix: str) -> str:
+  fs = fsspec.filesystem("memory")
+  for path in sorted(folder.iterdir()):
+    fs.pipe(f"{prefix}/{path.name}", path.read_bytes())
+  return f"memory://{prefix}"
+
+
+def test_memory_filesystem_urls_read_like_local_files(wds_dir, parquet_dir, tokenizer_path,
+                                                     tokenizer, tmp_path):
+  for kind, folder, pattern in (("wds", wds_dir, "*.tar"), ("parquet", parquet_dir, "*.parquet")):
+    url = copy_to_memory_fs(folder, f"/bucket-{kind}")
+    local = stream_documents(tiny_config(f"{kind}:{folder}/{pattern}", eval_fraction=0.0),
+                             tokenizer)
+    remote = stream_documents(tiny_config(f"{kind}:{url}/{pattern}", eval_fraction=0.0),
+                              tokenizer)
+    assert [d["source"].rsplit("/", 1)[1] for d in remote] == [
+        d["source"].rsplit("/", 1)[1] for d in local]
+    assert remote[0]["source"].startswith(f"{url}/")
+    for a, b in zip(local, remote):
+      if "tokens" in a:
+        np.testing.assert_array_equal(a["tokens"], b["tokens"])
+  # Prepared ArrayRecord shards on a "bucket": copied once into data.cache_dir, then read.
+  config = tiny_config(f"wds:{wds_dir}/*.tar", eval_fraction=0.0)
+  config.tokenizer.path = tokenizer_path
+  prepare.prepare(config, str(tmp_path / "prepared"), progress=False)
+  url = copy_to_memory_fs(tmp_path / "prepared", "/bucket-prepared")
+  source = sources.open_source(f"arrayrecord:{url}/train-*.arrayrecord", "image",
+                               cache_dir=str(tmp_path / "cache"))
+  local = sources.open_source(f"arrayrecord:{tmp_path}/prepared/train-*.arrayrecord", "image")
+  assert len(source.items) == len(local.items) == 10
+  assert [source.items[i] for i in range(10)] == [local.items[i] for i in range(10)]
+  assert os.listdir(tmp_path / "cache")
+  with pytest.raises(JpeglmError, match="no files match"):
+    sources.open_source("wds:memory:///nothing-here/*.tar", "image")
+
+
+# ---- slow files -------------------------------------------------------------------------
+
+
+def test_a_file_too_slow_to_decode_is_abandoned_and_counted(tmp_path, photo_bytes, tokenizer):
+  # 8000x8000 PNG of one colour: 0.2 MB on disk, within the pixel limit, seconds to inflate.
+  slow = io.BytesIO()
+  Image.new("RGB", (8000, 8000), (120, 30, 200)).save(slow, "PNG")
+  samples = [("a", photo_bytes[0]), ("slow", slow.getvalue()), ("b", photo_bytes[1])]
+  with tarfile.open(tmp_path / "s.tar", "w") as tar:
+    for key, data in samples:
+      add_member(tar, f"{key}.{'png' if key == 'slow' else 'jpg'}", data)
+  limit = 0.5
+  config = tiny_config(f"wds:{tmp_path}/*.tar", eval_fraction=0.0, max_seconds_per_file=limit)
+  started = time.monotonic()
+  documents = stream_documents(config, tokenizer)
+  elapsed = time.monotonic() - started
+  assert [("tokens" in d) for d in documents] == [True, False, True]  # the worker went on
+  assert documents[1]["error"].startswith(f"{tmp_path}/s.tar/slow.png: not decoded and encoded "
+                                          "within data.max_seconds_per_file=0.5")
+  # No deadline: the same file does get through, so it was only slow, not bad.
+  config.data.max_seconds_per_file = 0
+  unbounded = stream_documents(config, tokenizer)
+  assert "tokens" in unbounded[1]
+  assert elapsed < 30  # the slow file cost the deadline, not its whole decode
