@@ -21,7 +21,7 @@ from tests import fuzz_pipeline, media_mutations
 from tests.train_helpers import CONFIG, REPO
 
 SEED = int(os.environ.get("JPEGLM_FUZZ_SEED", "17"))
-MUTANTS = {"image": 400, "video": 120}
+MUTANTS = {"image": 1500, "video": 400}
 PER_FILE_SECONDS = 10.0  # the slowest good file takes well under 0.1 s here
 RUN_SECONDS = 150  # each subprocess; a hang fails the test instead of stalling the suite
 
