@@ -328,3 +328,58 @@ def test_a_file_too_slow_to_decode_is_abandoned_and_counted(tmp_path, photo_byte
   unbounded = stream_documents(config, tokenizer)
   assert "tokens" in unbounded[1]
   assert elapsed < 30  # the slow file cost the deadline, not its whole decode
+
+
+# ---- video: video2dataset tars and parquet with mp4 bytes -------------------------------
+
+VIDEO_CONFIG = CONFIG.replace("size=tiny", "size=tiny,codec=avc")
+
+
+@pytest.fixture(scope="module")
+def video_shards(tmp_path_factory):
+  """A tar (mp4, json, txt per sample; a corrupt mp4 and a truncated final member) and a
+  parquet file with a {bytes, path} video column and an empty row."""
+  folder = tmp_path_factory.mktemp("video")
+  clips = [open(p, "rb").read() for p in builtin_videos()]
+  clips = [clips[2], clips[1]]  # carphone, bikes: the smaller clips
+  samples = [("000000", clips[0]), ("000001", b"\x00\x00\x00\x18ftypmp42 broken"),
+             ("000002", clips[1]), ("000003", clips[0])]
+  write_wds_shard(folder / "00000.tar", samples, ext="mp4", truncate_last=True)
+  rows = [hf_image(clips[1], "bikes.mp4"), hf_image(b"", "empty.mp4"),
+          hf_image(clips[0], "carphone.mp4")]
+  pq.write_table(pa.table({"video": rows}), folder / "videos.parquet", row_group_size=2)
+  return folder
+
+
+def video_config(source: str):
+  config = load_config(VIDEO_CONFIG)
+  config.data.source = source
+  config.data.eval_fraction = 0.0
+  config.data.max_bad_fraction = 0.5
+  config.train.global_batch = 2
+  config.tokenizer.num_files = 2
+  config.tokenizer.vocab_size = 320
+  return config
+
+
+def test_video_tar_and_parquet_give_h264_documents(video_shards, tmp_path):
+  from data_pipeline import tokenizer_training
+  from jpeglm.codecs import AvcCodec
+
+  wds = video_config(f"wds:{video_shards}/*.tar")
+  tokenizer = tokenizer_training.train_tokenizer_from_source(wds, str(tmp_path / "tok.model"))
+  codec = AvcCodec(width=wds.codec.width, height=wds.codec.height, fps=wds.codec.fps,
+                   seconds=wds.codec.seconds, qp=wds.codec.qp)
+  tar_documents = stream_documents(wds, tokenizer)
+  parquet_documents = stream_documents(video_config(f"parquet:{video_shards}/*.parquet"),
+                                       tokenizer)
+  assert [("tokens" in d) for d in tar_documents] == [True, False, True, False]
+  assert "000001.mp4" in tar_documents[1]["error"]
+  assert "000003.mp4: unreadable tar shard" in tar_documents[3]["error"]
+  assert [("tokens" in d) for d in parquet_documents] == [True, False, True]
+  assert "empty.mp4: no media bytes" in parquet_documents[1]["error"]
+  # The same clip gives the same stream whichever container carried it.
+  np.testing.assert_array_equal(tar_documents[0]["tokens"], parquet_documents[2]["tokens"])
+  for document in tar_documents[:1] + parquet_documents[:1]:
+    decoded = codec.decode(tokenizer.decode(document["tokens"]))
+    assert decoded.complete, decoded.reason
