@@ -88,10 +88,22 @@ def default_config(arg: str = "") -> ml_collections.ConfigDict:
   return jpeglm_config.get_config(arg or None)
 
 
+def write_file_atomically(path: str, data: bytes) -> None:
+  """Writes `path` through a temporary file and a rename: other processes reading it (every
+  process of a multi-process run reads what process 0 writes) see the old file or the whole
+  new one, never a half-written one."""
+  temporary = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(temporary, "wb") as f:
+      f.write(data)
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+
+
 def save_config(config: ml_collections.ConfigDict, path: str) -> None:
-  with open(path, "w") as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
-    f.write("\n")
+  write_file_atomically(path, (config.to_json(indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json_file(path: str, kind: type = dict):

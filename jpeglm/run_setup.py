@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import filecmp
 import os
-import shutil
 
 import ml_collections
 
-from jpeglm.config_io import read_config, save_config
+from jpeglm.config_io import read_config, save_config, write_file_atomically
 from jpeglm.errors import ConfigError, JpeglmError
 from jpeglm.tokenizer import ByteTokenizer
 
@@ -50,7 +49,8 @@ def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str, is_main: 
       raise JpeglmError(f"{workdir} was trained with another tokenizer than {given}; use "
                         "another --workdir")
     if is_main and not os.path.exists(target):
-      shutil.copyfile(given, target)
+      with open(given, "rb") as f:
+        write_file_atomically(target, f.read())  # the others may be comparing it already
   else:
     if is_main and not os.path.exists(target):
       from data_pipeline.tokenizer_training import train_tokenizer_from_source

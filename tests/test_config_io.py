@@ -53,3 +53,29 @@ def test_workdir_round_trip_and_overrides(tmp_path):
   assert changed.sample.syntax_safe is True and changed.sample.top_k == 40
   with pytest.raises(ConfigError, match="no config"):
     read_config(tmp_path / "missing.json")
+
+
+def test_config_json_is_never_seen_half_written(tmp_path):
+  # Process 0 writes the workdir's config.json while the other processes of a multi-process
+  # run read it (a fresh start read it empty: "config.json is damaged"). A reader racing a
+  # writer must see a whole file every time.
+  import threading
+
+  path = str(tmp_path / "config.json")
+  config = load_config(f"{CONFIG}:size=7b")
+  save_config(config, path)
+  done = threading.Event()
+
+  def write():
+    while not done.is_set():
+      save_config(config, path)
+
+  writer = threading.Thread(target=write)
+  writer.start()
+  try:
+    for _ in range(300):
+      assert read_config(path).model.d_model == 4096
+  finally:
+    done.set()
+    writer.join()
+  assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left behind
