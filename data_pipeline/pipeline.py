@@ -94,6 +94,7 @@ class Documents:
   dataset: grain.MapDataset | grain.IterDataset
   shard_size: int | None     # items of this process's shard (one epoch); None: a stream
   source: sources.Source
+  stream_files: int = 0      # streams: the files of this process's shard
 
 
 def encoded_documents(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer | None, *,
@@ -120,7 +121,7 @@ def encoded_documents(config: ml_collections.ConfigDict, tokenizer: ByteTokenize
         [source.items[i] for i in shard], source.reader, seed=seed, shuffle=shuffle,
         shuffle_buffer=config.data.get("shuffle_buffer", streaming.DEFAULT_SHUFFLE_BUFFER),
         repeat=repeat)
-    return Documents(stream.map(_EncodeStreamed(encoder)), None, source)
+    return Documents(stream.map(_EncodeStreamed(encoder)), None, source, len(shard))
   ds = grain.MapDataset.source(shard)
   if shuffle:
     ds = ds.shuffle(seed=seed)  # followed by repeat: a fresh order every epoch
@@ -143,6 +144,10 @@ def _batches(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer, *, spl
   documents = encoded_documents(
       config, tokenizer, split=split, process_index=process_index, process_count=process_count,
       shuffle=shuffle, repeat=True, seed=seed)
+  if documents.stream_files and documents.stream_files < num_workers:
+    raise JpeglmError(f"{documents.source.spec}: data shard {process_index} has "
+                      f"{documents.stream_files} files, fewer than data.num_workers={num_workers} "
+                      "(each worker reads its own files): use fewer workers or more shards")
   dataset = documents.dataset
   if isinstance(dataset, grain.MapDataset):
     dataset = dataset.to_iter_dataset()

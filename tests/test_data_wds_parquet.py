@@ -383,3 +383,23 @@ def test_video_tar_and_parquet_give_h264_documents(video_shards, tmp_path):
   for document in tar_documents[:1] + parquet_documents[:1]:
     decoded = codec.decode(tokenizer.decode(document["tokens"]))
     assert decoded.complete, decoded.reason
+
+
+@pytest.mark.slow
+def test_grain_workers_split_the_files_and_resume_exactly(wds_dir, tokenizer):
+  config = tiny_config(f"wds:{wds_dir}/*.tar", eval_fraction=0.0, num_workers=2)
+  with pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=1) as it:
+    straight = take(it, 12)
+    assert it.bad_inputs()[1] >= 1  # counted inside the workers, read from their state
+  with pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=1) as it:
+    take(it, 5)
+    state = it.get_state()
+  with pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=1) as it:
+    it.set_state(state)
+    for want, got in zip(straight[5:], take(it, 7)):
+      np.testing.assert_array_equal(want["inputs"], got["inputs"])
+  # Four workers for three files: one would have none; refused with a line saying so.
+  config.data.num_workers = 4
+  with pytest.raises(JpeglmError, match="data shard 0 has 3 files, fewer than "
+                     "data.num_workers=4"):
+    pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=1)
