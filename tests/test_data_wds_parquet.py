@@ -403,3 +403,40 @@ def test_grain_workers_split_the_files_and_resume_exactly(wds_dir, tokenizer):
   with pytest.raises(JpeglmError, match="data shard 0 has 3 files, fewer than "
                      "data.num_workers=4"):
     pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=1)
+
+
+# ---- training: killed and resumed from a stream equals an uninterrupted run -------------
+
+TRAIN_STEPS = 10
+
+
+def stream_train_overrides(tokenizer_path, source, **extra):
+  from tests.train_helpers import tiny_overrides
+  return tiny_overrides(tokenizer_path, steps=TRAIN_STEPS, **{
+      "data.source": source, "data.eval_fraction": 0.0, "data.max_bad_fraction": 0.5,
+      "data.shuffle_buffer": 6, **extra})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["wds", "parquet"])
+def test_training_killed_and_resumed_equals_an_uninterrupted_run(kind, wds_dir, parquet_dir,
+                                                                 tokenizer_path, tmp_path):
+  import signal
+  import subprocess
+
+  from tests.train_helpers import env_with_devices, losses, run_train, train_command
+
+  source = f"wds:{wds_dir}/*.tar" if kind == "wds" else f"parquet:{parquet_dir}/*.parquet"
+  overrides = stream_train_overrides(tokenizer_path, source)
+  straight = str(tmp_path / "straight")
+  run_train(straight, overrides)
+  want = losses(straight)
+  assert sorted(want) == list(range(1, TRAIN_STEPS + 1))
+  killed = str(tmp_path / "killed")
+  result = subprocess.run(train_command(killed, overrides),
+                          env={**env_with_devices(8), "JPEGLM_FAULT": "sigkill@4"},
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+  assert sorted(losses(killed)) == [1, 2, 3]
+  run_train(killed, overrides)
+  assert losses(killed) == want
