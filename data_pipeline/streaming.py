@@ -205,3 +205,17 @@ def open_files(spec: str, kind: str) -> tuple[list[str], Reader]:
   if not files:
     raise JpeglmError(f"no files match {pattern!r} ({spec})")
   return files, reader
+
+
+def sample_items(spec: str, kind: str, count: int, seed: int) -> list[dict]:
+  """`count` readable items ({"name", "data"}) of a `wds:` / `parquet:` source: its files in
+  a seeded order, each read from the start (evaluation sets: `jpeglm eval --images`)."""
+  files, reader = open_files(spec, kind)
+  items: list[dict] = []
+  for i in np.random.default_rng(seed).permutation(len(files)):
+    for item in reader(files[int(i)], 0):
+      if "data" in item:
+        items.append(item)
+        if len(items) == count:
+          return items
+  raise JpeglmError(f"{spec} has {len(items)} readable items; {count} were asked for")

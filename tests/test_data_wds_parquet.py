@@ -440,3 +440,18 @@ def test_training_killed_and_resumed_equals_an_uninterrupted_run(kind, wds_dir, 
   assert sorted(losses(killed)) == [1, 2, 3]
   run_train(killed, overrides)
   assert losses(killed) == want
+
+
+def test_eval_and_tokenizer_commands_take_stream_sources(wds_dir, tmp_path):
+  from jpeglm.cli import main as cli_main
+  from jpeglm.evaluation.protocol import pick_images
+
+  picked = pick_images(f"wds:{wds_dir}/*.tar", 9, seed=0)
+  assert len(picked) == 9 and all(p["data"] for p in picked)
+  assert pick_images(f"wds:{wds_dir}/*.tar", 9, seed=0) == picked
+  with pytest.raises(JpeglmError, match="has 11 readable items; 12 were asked for"):
+    pick_images(f"wds:{wds_dir}/*.tar", 12, seed=0)
+  out = tmp_path / "tok.model"
+  assert cli_main(["tokenizer", "train", "--source", f"wds:{wds_dir}/*.tar", "--num-files", "8",
+                   "--vocab-size", "300", "--out", str(out)]) == 0
+  assert ByteTokenizer.load(str(out)).vocab_size == 300

@@ -18,7 +18,8 @@ def register(subparsers) -> None:
       "eval", help="the paper's prefix-completion protocol: FID, valid-decode rate, bits/byte")
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--images", required=True,
-                      help="builtin:photos or a folder of images (a random subset is used)")
+                      help="builtin:photos, a folder of images, wds:GLOB or parquet:GLOB[:COLUMN] "
+                           "(a random subset is used)")
   parser.add_argument("--ratios", type=_floats, default=[0.25, 0.5, 0.75],
                       help="shares of image rows kept as the prompt (paper: 0.25,0.5,0.75)")
   parser.add_argument("--num-images", type=int, required=True)

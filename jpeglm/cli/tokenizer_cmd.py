@@ -13,7 +13,8 @@ def register(subparsers) -> None:
   train = sub.add_parser("train", help="train a SentencePiece BPE on codec streams of a source")
   train.add_argument("--codec", choices=("jpeg", "avc"), default="jpeg")
   train.add_argument("--source", default=None,
-                     help="builtin:photos, builtin:videos or a folder (default: builtin for the codec)")
+                     help="any data source: builtin:photos, builtin:videos, a folder, tfds:..., "
+                          "wds:GLOB, parquet:GLOB[:COLUMN] (default: builtin for the codec)")
   train.add_argument("--num-files", type=int, default=10_000, help="files to train on (paper: 10K)")
   train.add_argument("--vocab-size", type=int, default=None, help="default: 320 jpeg, 1024 avc")
   train.add_argument("--out", required=True, help="path of the .model file to write")

@@ -26,8 +26,9 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from data_pipeline import sources, streaming
 from data_pipeline.media_files import media_files
-from jpeglm.codecs import JpegCodec, make_codec, open_image
+from jpeglm.codecs import JpegCodec, image_from_bytes, make_codec, open_image
 from jpeglm.errors import ConfigError, JpeglmError
 from jpeglm.evaluation import fid as fid_lib
 from jpeglm.evaluation.bits_per_byte import bits_per_byte
@@ -46,9 +47,12 @@ class Completions:
   seconds: float
 
 
-def pick_images(source: str, num_images: int, seed: int) -> list[str]:
+def pick_images(source: str, num_images: int, seed: int) -> list[str] | list[dict]:
   """`num_images` files of `source`, a random choice (as the paper's "random validation
-  images": folders are often sorted by class) fixed by `seed`, kept in listing order."""
+  images": folders are often sorted by class) fixed by `seed`, kept in listing order.
+  `wds:` / `parquet:` sources give {"name", "data"} items from their files in a seeded order."""
+  if source.startswith(sources.STREAM_PREFIXES):
+    return streaming.sample_items(source, "image", num_images, seed)
   paths = media_files(source, "image")
   if num_images > len(paths):
     raise JpeglmError(f"--num-images {num_images}: {source} has only {len(paths)} images")
@@ -114,7 +118,8 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict, images_source: str
   began = time.perf_counter()
   run = load_run(workdir, config, step)
   paths = pick_images(images_source, num_images, int(config.seed))
-  streams = [codec.encode(open_image(p)) for p in paths]
+  streams = [codec.encode(image_from_bytes(p["data"], name=p["name"]) if isinstance(p, dict)
+                          else open_image(p)) for p in paths]
   originals = [codec.decode(s).image for s in streams]
   reference = fid_lib.inception_features(originals, fid_batch_size)
   generator = make_generator(run, codec)
@@ -144,7 +149,7 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict, images_source: str
 
   report = {
       "workdir": workdir, "step": run.step, "images": images_source,
-      "num_images": num_images, "image_files": paths, "seeds": list(seeds),
+      "num_images": num_images, "image_files": [p["name"] if isinstance(p, dict) else p for p in paths], "seeds": list(seeds),
       "codec_size": codec.size, "sample": dict(config.sample),
       "bits_per_byte": bits_per_byte(config, run.params, streams, run.tokenizer),
       "results": results, "note": SMALL_SET_NOTE.format(n=num_images),
