@@ -418,27 +418,47 @@ def stream_train_overrides(tokenizer_path, source, **extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["wds", "parquet"])
+@pytest.mark.parametrize("kind", ["wds", "parquet", "wds-video"])
 def test_training_killed_and_resumed_equals_an_uninterrupted_run(kind, wds_dir, parquet_dir,
-                                                                 tokenizer_path, tmp_path):
+                                                                 video_shards, tokenizer_path,
+                                                                 tmp_path):
   import signal
   import subprocess
+  import sys
 
-  from tests.train_helpers import env_with_devices, losses, run_train, train_command
+  from data_pipeline import tokenizer_training
+  from tests.train_helpers import env_with_devices, losses
 
-  source = f"wds:{wds_dir}/*.tar" if kind == "wds" else f"parquet:{parquet_dir}/*.parquet"
-  overrides = stream_train_overrides(tokenizer_path, source)
+  config_arg = CONFIG
+  if kind == "wds-video":  # one video2dataset tar, so one data shard; a 320-token BPE
+    video = video_config(f"wds:{video_shards}/*.tar")
+    tokenizer_path = str(tmp_path / "video.model")
+    tokenizer_training.train_tokenizer_from_source(video, tokenizer_path)
+    overrides = stream_train_overrides(tokenizer_path, video.data.source, **{
+        "data.num_shards": 1, "model.vocab_size": 320, "tokenizer.vocab_size": 320,
+        "data.max_bad_fraction": 0.6})
+    config_arg = VIDEO_CONFIG
+  else:
+    source = f"wds:{wds_dir}/*.tar" if kind == "wds" else f"parquet:{parquet_dir}/*.parquet"
+    overrides = stream_train_overrides(tokenizer_path, source)
+
+  def train(workdir, fault=""):
+    command = [sys.executable, "-m", "jpeglm", "train", "--config", config_arg, "--workdir",
+               workdir, *overrides]
+    return subprocess.run(command, env={**env_with_devices(8), "JPEGLM_FAULT": fault},
+                          capture_output=True, text=True, timeout=600)
+
   straight = str(tmp_path / "straight")
-  run_train(straight, overrides)
+  result = train(straight)
+  assert result.returncode == 0, result.stderr[-3000:]
   want = losses(straight)
   assert sorted(want) == list(range(1, TRAIN_STEPS + 1))
   killed = str(tmp_path / "killed")
-  result = subprocess.run(train_command(killed, overrides),
-                          env={**env_with_devices(8), "JPEGLM_FAULT": "sigkill@4"},
-                          capture_output=True, text=True, timeout=600)
+  result = train(killed, "sigkill@4")
   assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
   assert sorted(losses(killed)) == [1, 2, 3]
-  run_train(killed, overrides)
+  result = train(killed)
+  assert result.returncode == 0, result.stderr[-3000:]
   assert losses(killed) == want
 
 
