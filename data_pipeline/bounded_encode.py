@@ -1,8 +1,8 @@
 """`data.max_seconds_per_file`: decode + encode one file in a helper process, with a deadline.
 
 A Python thread cannot be stopped, and a decoder busy in C (a huge progressive JPEG, a
-pathological video) does not look at signals. So each data worker hands its files to one
-helper process of its own; when a file is not done within the deadline the helper is killed
+pathological video) does not look at signals. So each data worker hands its files to helper
+processes of its own (one per thread encoding at once); when a file is not done within the deadline the helper is killed
 (SIGKILL, by its pid), the file becomes a skipped input naming it, and a fresh helper takes
 the next file. The worker itself never waits longer than the deadline (plus the helper's
 start-up the first time). The helper's start-up is not counted against a file.
@@ -61,12 +61,12 @@ def _read(fd: int, deadline: float) -> Any:
 
 
 class _Helper:
-  """One helper process for one encoder's settings; restarted after a kill."""
+  """One helper process for one encoder's settings; restarted after a kill. Used by one
+  thread at a time (see _Pool)."""
 
   def __init__(self, encoder_pickle: bytes):
     self._encoder_pickle = encoder_pickle
     self._proc: subprocess.Popen | None = None
-    self._lock = threading.Lock()
 
   def _start(self) -> subprocess.Popen:
     env = dict(os.environ)
@@ -89,39 +89,68 @@ class _Helper:
       self._proc = None
 
   def run(self, request: tuple, seconds: float) -> tuple[str, Any]:
-    with self._lock:
+    try:
+      if self._proc is None or self._proc.poll() is not None:
+        self.stop()
+        self._proc = self._start()
+      _write(self._proc.stdin, request)
+      return _read(self._proc.stdout.fileno(), time.monotonic() + seconds)
+    except FileTimeout:
+      self.stop()
+      return "timeout", None
+    except (OSError, EOFError, pickle.UnpicklingError, RuntimeError) as e:
+      code = self._proc.poll() if self._proc is not None else None
+      self.stop()
+      return "error", f"the file helper failed ({e or type(e).__name__}; exit code {code})"
+
+
+class _Pool:
+  """Helpers for one encoder's settings, one per thread encoding at the same time (Grain
+  reads a random-access source with several threads), at most one per core."""
+
+  def __init__(self, encoder_pickle: bytes):
+    self._encoder_pickle = encoder_pickle
+    self._idle: list[_Helper] = []
+    self._all: list[_Helper] = []
+    self._free = threading.Semaphore(max(1, os.cpu_count() or 1))
+    self._lock = threading.Lock()
+
+  def run(self, request: tuple, seconds: float) -> tuple[str, Any]:
+    with self._free:
+      with self._lock:
+        if not self._idle:
+          helper = _Helper(self._encoder_pickle)
+          self._all.append(helper)
+        else:
+          helper = self._idle.pop()
       try:
-        if self._proc is None or self._proc.poll() is not None:
-          self.stop()
-          self._proc = self._start()
-        _write(self._proc.stdin, request)
-        return _read(self._proc.stdout.fileno(), time.monotonic() + seconds)
-      except FileTimeout:
-        self.stop()
-        return "timeout", None
-      except (OSError, EOFError, pickle.UnpicklingError, RuntimeError) as e:
-        code = self._proc.poll() if self._proc is not None else None
-        self.stop()
-        return "error", f"the file helper failed ({e or type(e).__name__}; exit code {code})"
+        return helper.run(request, seconds)
+      finally:
+        with self._lock:
+          self._idle.append(helper)
+
+  def stop(self) -> None:
+    for helper in self._all:
+      helper.stop()
 
 
-_HELPERS: dict[str, _Helper] = {}
-_HELPERS_LOCK = threading.Lock()
+_POOLS: dict[str, _Pool] = {}
+_POOLS_LOCK = threading.Lock()
 
 
-def helper_for(encoder_pickle: bytes) -> _Helper:
-  """This process's helper for these encoder settings (shared by its iterators)."""
+def helper_for(encoder_pickle: bytes) -> _Pool:
+  """This process's helpers for these encoder settings (shared by its iterators)."""
   key = hashlib.sha256(encoder_pickle).hexdigest()
-  with _HELPERS_LOCK:
-    if key not in _HELPERS:
-      _HELPERS[key] = _Helper(encoder_pickle)
-    return _HELPERS[key]
+  with _POOLS_LOCK:
+    if key not in _POOLS:
+      _POOLS[key] = _Pool(encoder_pickle)
+    return _POOLS[key]
 
 
 @atexit.register
 def _stop_helpers() -> None:
-  for helper in list(_HELPERS.values()):
-    helper.stop()
+  for pool in list(_POOLS.values()):
+    pool.stop()
 
 
 def _serve() -> None:
