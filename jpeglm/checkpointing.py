@@ -21,7 +21,7 @@ from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jpeglm import multihost
+from jpeglm import checkpoint_sync, multihost, preemption
 from jpeglm.errors import JpeglmError
 
 log = logging.getLogger("jpeglm.checkpoints")
@@ -46,11 +46,20 @@ def decode_file(text: str, path: str) -> None:
 
 
 class Checkpointer:
-  """Saves every call it is given (the caller decides the cadence); keeps the newest `keep`."""
+  """Saves every call it is given (the caller decides the cadence); keeps the newest `keep`.
+
+  A failed write is noted in `failure` (one line naming the step, the path and, with several
+  processes, the process it failed on); every process of the run learns it, and no later
+  save is started (see jpeglm.checkpoint_sync).
+  """
 
   def __init__(self, directory: str, keep: int = 3, asynchronous: bool = True):
     self.directory = os.path.abspath(directory) if "://" not in directory else directory
     self._unconfirmed = None  # the step whose background write is not yet known to be done
+    self._in_flight = None  # the step of the last save started
+    self.failure: str | None = None
+    self._shared = (checkpoint_sync.SharedFailure(self._failure_message)
+                    if jax.process_count() > 1 else None)
     _quiet_orbax_tracebacks()
     try:
       # Handlers named up front: a fresh manager can then read any item's metadata alone.
@@ -59,9 +68,10 @@ class Checkpointer:
           item_handlers={"state": ocp.StandardCheckpointHandler(),
                          "data": ocp.JsonCheckpointHandler(),
                          "meta": ocp.JsonCheckpointHandler()},
-          options=ocp.CheckpointManagerOptions(max_to_keep=keep,
-                                               enable_async_checkpointing=asynchronous,
-                                               create=True))
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True,
+              async_options=(ocp.AsyncOptions(barrier_sync_fn=self._shared.barrier)
+                             if self._shared else None)))
     except Exception as e:  # noqa: BLE001 - not a directory, no permission, ...
       raise JpeglmError(f"cannot use checkpoint directory {self.directory}: "
                         f"{_first_line(e)}") from None
@@ -83,31 +93,83 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state, data: dict | None, meta: dict) -> None:
-    """Starts an (asynchronous) save once the previous one has finished.
+  def save(self, step: int, state, data: dict | None, meta: dict) -> bool:
+    """Starts an (asynchronous) save once the previous one has finished; False (nothing
+    started) once a write has failed, on this process or another: see `failure`.
 
-    A failed write (disk full, no permission) raises JpeglmError naming the step and its
-    directory; Orbax writes into a temporary directory and renames it when complete, so a
-    failed or interrupted write is never listed as a step and never picked at restore.
+    Orbax writes into a temporary directory and renames it when complete, so a failed or
+    interrupted write is never listed as a step and never picked at restore.
     """
-    self.wait()
+    if self.failure is not None:
+      return False
+    try:
+      self.wait()
+    except JpeglmError:
+      return False  # every process's wait fails alike: none starts this save
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if data is not None:
       items["data"] = ocp.args.JsonSave(data)
+    self._in_flight = step
     try:
       self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     except Exception as e:  # noqa: BLE001
-      raise self._write_error(step, e) from None
+      raise self._record_failure(e) from None
     self._unconfirmed = step
+    return True
 
   def check(self) -> None:
-    """Raises (as `save`) if the background write has failed; never blocks."""
-    if self._unconfirmed is not None and not self._manager.is_saving_in_progress():
-      self.wait()
+    """Notes in `failure` a background write that has failed; never blocks, never raises."""
+    if (self.failure is None and self._unconfirmed is not None
+        and not self._manager.is_saving_in_progress()):
+      try:
+        self.wait()
+      except JpeglmError:
+        pass
 
-  def _write_error(self, step: int, e: BaseException) -> JpeglmError:
-    return JpeglmError(f"could not write checkpoint step {step} to "
-                       f"{self.directory}/{step}: {_first_line(e)}")
+  def stop_code(self) -> int:
+    """The stop code (jpeglm.preemption) this process puts into its rows of the next batch."""
+    return preemption.STOP_CHECKPOINT_FAILED if self.failure else preemption.STOP_NONE
+
+  def failure_error(self, stopped_at: int) -> JpeglmError:
+    """The one-line error once every process has stopped for a failed write."""
+    if self.failure is None:  # learned from the batch before this process's own wait failed
+      try:
+        self.wait()
+      except JpeglmError:
+        pass
+    if self.failure is None and self._shared is not None:
+      self.failure = self._shared.published()
+    kept = self._kept_steps()
+    return JpeglmError(
+        f"{self.failure or 'a checkpoint write failed on another process'}; every process "
+        f"stopped at step {stopped_at}; "
+        + (f"checkpoint {kept[-1]} is the latest: rerun the same command to resume from it"
+           if kept else "no checkpoint is kept: a rerun starts again"))
+
+  def _failure_message(self, e: BaseException) -> str:
+    if isinstance(e, checkpoint_sync.FailedElsewhere):
+      return str(e)
+    where = f" on process {jax.process_index()}" if jax.process_count() > 1 else ""
+    step = self._in_flight
+    return (f"could not write checkpoint step {step} to {self.directory}/{step}{where}: "
+            f"{_first_line(e)}")
+
+  def _record_failure(self, e: BaseException) -> JpeglmError:
+    """Notes a failed write (the first process's message wins) and tells the others."""
+    if self.failure is None:
+      own = self._failure_message(e)
+      if self._shared is not None:
+        self._shared.publish(own)
+        own = self._shared.published() or own
+      self.failure = own
+    return JpeglmError(self.failure)
+
+  def _kept_steps(self) -> list[int]:
+    try:
+      return sorted(int(p.name) for p in epath.Path(self.directory).iterdir()
+                    if p.name.isdigit())
+    except OSError:
+      return []
 
   def read_meta(self, step: int) -> dict:
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -200,17 +262,26 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until the last save is written; raises JpeglmError if it failed."""
-    step, self._unconfirmed = self._unconfirmed, None
+    if self.failure is not None:
+      raise JpeglmError(self.failure)
+    self._unconfirmed = None
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001
-      raise self._write_error(step, e) from None
+      raise self._record_failure(e) from None
 
   def close(self) -> None:
+    """Waits for the last write; raises a failure not noted before."""
+    known = self.failure is not None
     try:
-      self.wait()
+      if not known:
+        self.wait()
     finally:
-      self._manager.close()
+      try:
+        self._manager.close()
+      except Exception:  # noqa: BLE001 - Orbax raises a failed write again on close
+        if not known and self.failure is None:
+          raise
 
 
 def _first_line(e: BaseException) -> str:

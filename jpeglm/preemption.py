@@ -18,6 +18,7 @@ STOP_TIME_BUDGET = 1
 STOP_PREEMPTED = 2
 STOP_DATA_FAILED = 3  # this process had no batch: the step must not change the state
 STOP_NONFINITE = 4  # not in batches: the host reads it from the step's "finite" metric
+STOP_CHECKPOINT_FAILED = 5  # a checkpoint write failed on some process: stop, save nothing
 
 
 class PreemptionFlag:

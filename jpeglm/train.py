@@ -250,6 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       local, code = next_rows()
       local = faults.batch(step + 1, local)
       local["stop"] = np.full(local_rows, code, np.int32)
+      local["stop"] = np.maximum(local["stop"], checkpointer.stop_code())  # a failed write
       state, device_metrics = jit_step(state, sharding.global_batch_from_local(local, mesh))
       step += 1
       recent_data[step] = batches.get_state() if stop.data_error is None else None
@@ -269,6 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       faults.at_step(step, checkpointer.wait)
     if pending is not None:
       finish(*pending)
+    if stop.code == preemption_lib.STOP_CHECKPOINT_FAILED:  # on some process: nothing more saved
+      raise checkpointer.failure_error(step)
     last_good = stop.last_good(step)
     if stop.first_unchanged:
       # A halted state counts -1; it holds the last good step's weights.
