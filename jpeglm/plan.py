@@ -6,7 +6,7 @@
 2. Each gets an arithmetic step time (`step_cost.executed_flops` at the chip's peak) and an
    analytic memory estimate; those far over HBM are dropped before any compile.
 3. The rest are compiled in order of arithmetic step time, several at once in worker
-   processes, each result cached on disk (keyed by config, topology and versions), until
+   processes, each result cached on disk (keyed by the settings that shape the compiled step, topology and versions), until
    `top` of them fit or `max_compiles` ran.
 4. Those that fit are ranked by estimated step time: max(compute, HBM traffic, ICI
    collectives) + the cross-slice gradient all-reduce over DCN, from the compiled programs
@@ -115,9 +115,22 @@ def _cache_key(config: ml_collections.ConfigDict, topology: str, num_slices: int
     tpu_version = getattr(libtpu, "__version__", "")
   except ImportError:
     tpu_version = "none"
-  blob = json.dumps([config.to_dict(), topology, num_slices, jax.__version__, tpu_version],
-                    sort_keys=True, default=str)
+  blob = json.dumps([_compiled_settings(config), topology, num_slices, jax.__version__,
+                     tpu_version], sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+# The train settings that shape the compiled step; others (data sources, logging, the
+# schedule's constants) leave the cache valid when they change.
+_COMPILED_TRAIN_KEYS = ("global_batch", "grad_accum", "clip", "weight_decay", "z_loss",
+                        "on_nonfinite")
+
+
+def _compiled_settings(config: ml_collections.ConfigDict) -> dict:
+  train = config.train
+  return {"model": config.model.to_dict(), "mesh": config.mesh.to_dict(),
+          "seq_len": config.data.seq_len, "packing": config.data.get("packing"),
+          "train": {k: train.get(k) for k in _COMPILED_TRAIN_KEYS}}
 
 
 def _evaluate(args: tuple[dict, str, int]) -> dict:

@@ -67,6 +67,14 @@ def add_efficiency(points: list[dict]) -> None:
     p["efficiency"] = p["tokens_per_s_per_chip"] / base
 
 
+def write_csv(path: str, results: dict[str, list[dict]]) -> None:
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for points in results.values():
+      writer.writerows(points)
+
+
 def plot(results: dict[str, list[dict]], path: str, title: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -74,6 +82,8 @@ def plot(results: dict[str, list[dict]], path: str, title: str) -> None:
 
   fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(10, 4))
   for mode, points in results.items():
+    if not points:
+      continue
     n = [p["chips"] for p in points]
     ax_t.plot(n, [p["tokens_per_s_per_chip"] for p in points], "o-", label=f"{mode} scaling")
     ax_e.plot(n, [p["efficiency"] for p in points], "o-", label=f"{mode} scaling")
@@ -125,10 +135,13 @@ def main(argv: Sequence[str], overrides: Sequence[str]) -> int:
   per_chip = args.per_chip_batch or max(1, strong_batch // counts[0])
   modes = ("strong", "weak") if args.mode == "both" else (args.mode,)
   os.makedirs(args.out, exist_ok=True)
-  results: dict[str, list[dict]] = {}
-  for mode in modes:
-    points = []
-    for chips in counts:
+  results: dict[str, list[dict]] = {mode: [] for mode in modes}
+  csv_path = os.path.join(args.out, "predicted_scaling.csv")
+  png_path = os.path.join(args.out, "predicted_scaling.png")
+  # Chip counts outermost: an interrupted sweep still holds both modes up to some size,
+  # and the CSV and plot are rewritten after every point.
+  for chips in counts:
+    for mode in modes:
       batch = strong_batch if mode == "strong" else per_chip * chips
       topology = topology_name(args.topology, chips)
       print(f"# {mode}: {topology} ({chips} chips), global batch {batch}", flush=True)
@@ -140,19 +153,10 @@ def main(argv: Sequence[str], overrides: Sequence[str]) -> int:
       if point is None:
         print(f"  nothing compiled fits {topology} at global batch {batch}: point left out")
         continue
-      points.append({"mode": mode, "chips": chips, **point})
-    if points:
-      add_efficiency(points)
-      results[mode] = points
-
-  csv_path = os.path.join(args.out, "predicted_scaling.csv")
-  with open(csv_path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for points in results.values():
-      writer.writerows(points)
-  png_path = os.path.join(args.out, "predicted_scaling.png")
-  plot(results, png_path, f"{args.config} {' '.join(overrides)} on {args.topology}")
+      results[mode].append({"mode": mode, "chips": chips, **point})
+      add_efficiency(results[mode])
+      write_csv(csv_path, results)
+      plot(results, png_path, f"{args.config} {' '.join(overrides)} on {args.topology}")
   print("\nmode   | chips | global batch | layout | remat | ga | peak GiB | est. step s | "
         "est. tokens/s/chip | est. MFU | efficiency")
   for mode, points in results.items():
