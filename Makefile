@@ -1,11 +1,13 @@
 # Two commands do all set-up on a fresh machine with only python3 and make:
-#   make demo   -- venv, install, run the demo on photos shipped inside installed packages
+#   make demo   -- venv, install, a JPEG-LM learns MNIST digits shipped inside an installed
+#                  package (`make demo DEMO=photos`: the photo demo)
 #   make test   -- venv, install, run the test suite (slow tests excluded: `make test-slow`)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
+DEMO ?= digits
 # Tests run on 2 worker processes; each sees 8 fake CPU devices where it asks for them.
 TEST_WORKERS ?= 2
 
@@ -23,7 +25,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m jpeglm.demo --out $(DEMO_OUT)
+	$(PY) -m jpeglm.demo --demo $(DEMO) --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests

@@ -1,4 +1,7 @@
-"""`make demo`: the whole path on real photos that ship inside installed packages.
+"""`make demo`: the whole path on real media that ship inside installed packages.
+
+`--demo digits` (the default, `make demo`): a JPEG-LM learns to draw MNIST digits in a few
+minutes on a CPU (jpeglm.demo_digits). `--demo photos` (`make demo DEMO=photos`), below:
 
 1. Encode the built-in photos as the paper does, train the byte BPE on them, check that
    image -> JPEG bytes -> tokens -> bytes -> image is lossless, and draw what the model sees
@@ -8,7 +11,8 @@
 3. Sample from it: completions of real photos cut at half their rows, and unconditional
    images with and without syntax-safe decoding, counting how many decode completely.
 
-  python -m jpeglm.demo --out demo_out
+  python -m jpeglm.demo --out demo_out                 # digits
+  python -m jpeglm.demo --demo photos --out demo_out   # photos
 """
 
 from __future__ import annotations
@@ -163,10 +167,15 @@ def run_sampling_demo(out: str) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--demo", choices=("digits", "photos"), default="digits")
   parser.add_argument("--out", default="demo_out")
-  parser.add_argument("--config", default="configs/jpeglm.py:size=tiny")
+  parser.add_argument("--config", default="configs/jpeglm.py:size=tiny", help="photos only")
   parser.add_argument("--skip-training", action="store_true")
   args = parser.parse_args()
+  if args.demo == "digits":
+    from jpeglm import demo_digits
+    demo_digits.main(args.out, args.skip_training)
+    return
   started = time.perf_counter()
   run_codec_demo(args.out, args.config)
   if not args.skip_training:

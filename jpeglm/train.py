@@ -31,6 +31,7 @@ from jpeglm import checkpointing, flops, model as model_lib, multihost, optimize
 from jpeglm import faults as faults_lib, run_setup, sharding
 from jpeglm.errors import JpeglmError
 from jpeglm.metrics_log import MetricsLog
+from jpeglm.train_samples import TrainSamples
 from jpeglm import preemption as preemption_lib
 from jpeglm.preemption import PreemptionFlag
 from jpeglm.train_state import init_state, state_layout
@@ -141,6 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_config = ml_collections.ConfigDict(config.to_dict())
   eval_config.train.global_batch = local_rows
   metrics_log = MetricsLog(workdir, enabled=is_main)
+  samples = TrainSamples(config, workdir, tokenizer, metrics_log, mesh)  # train.sample_every
   preemption = PreemptionFlag()
   faults = faults_lib.Faults(jax.process_index())
   flops_per_step = flops.flops_per_token(config.model, seq_len) * train.global_batch * seq_len
@@ -267,6 +269,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           save(step, recent_data[step])
       if not stop.code and train.eval_every and step % train.eval_every == 0:
         evaluate(step)
+      if not stop.code:
+        samples(step, state["params"])  # grids every train.sample_every steps
       faults.at_step(step, checkpointer.wait)
     if pending is not None:
       finish(*pending)
