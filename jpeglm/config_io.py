@@ -43,11 +43,19 @@ def _parse(define, argv: Sequence[str]) -> ml_collections.ConfigDict:
   """Runs absl flag parsing of `argv` on a fresh FlagValues holding one `config` flag."""
   argv = ["jpeglm", *argv]
   fv = flags.FlagValues()
-  define(fv, argv)
   try:
+    define(fv, argv)  # a config file is imported here: it may fail in any way
     fv(argv)
   except flags.Error as e:
-    raise ConfigError(str(e).splitlines()[0]) from None
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    # "flag --config=F: Error whilst parsing config file:" + a traceback: keep its last line.
+    raise ConfigError(lines[0] + (f" {lines[-1]}" if lines[0].endswith(":") else "")) from None
+  except ConfigError:
+    raise
+  except Exception as e:  # noqa: BLE001 - a broken config file: syntax, names, no get_config
+    where = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "the config")
+    raise ConfigError(f"{where.split(':', 1)[0]}: cannot load the config "
+                      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
   return fv.config
 
 
@@ -124,7 +132,18 @@ def read_json_file(path: str, kind: type = dict):
   return value
 
 
+# Sections every run config has (configs/jpeglm.py); a workdir's config.json without them is
+# damaged, not a config to guess from.
+RUN_SECTIONS = ("codec", "tokenizer", "data", "model", "train")
+
+
 def read_config(path: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise ConfigError(f"no config at {path}: is this a jpeglm workdir?")
-  return ml_collections.ConfigDict(read_json_file(path))
+  value = read_json_file(path)
+  for section in RUN_SECTIONS:
+    if not isinstance(value.get(section), dict):
+      raise ConfigError(f"{path} is damaged: its '{section}' section is "
+                        + ("missing" if section not in value else
+                           f"a JSON {type(value[section]).__name__}, not an object"))
+  return ml_collections.ConfigDict(value)

@@ -130,3 +130,51 @@ def test_damaged_latest_checkpoint_for_sample_and_export(trained, tmp_path, caps
   err = _one_error_line(capsys, main([command[0], "--workdir", str(workdir), *command[1:]]))
   assert f"checkpoint 2 in {workdir / 'checkpoints'} is damaged" in err
   assert "pick another with --step" in err
+
+
+@pytest.mark.parametrize("text,match", [
+    ("def get_config(:\n", "SyntaxError"),
+    ("def get_config(arg=None):\n  return undefined_name\n", "NameError"),
+    ('{"model": {"d_model": 64,', "SyntaxError"),  # a JSON file given as the config
+])
+def test_config_file_that_does_not_load(tmp_path, capsys, text, match):
+  path = tmp_path / "config.py"
+  path.write_text(text)
+  err = _one_error_line(capsys, main(["info", "--config", str(path)]))
+  assert f"{path}: cannot load the config ({match}" in err
+
+
+def test_config_argument_error_keeps_its_reason(capsys):
+  err = _one_error_line(capsys, main(["info", "--config", CONFIG.replace("tiny", "huge")]))
+  assert "size='huge': choose one of" in err
+
+
+@pytest.mark.parametrize("command", [["sample"], ["train", "--config", CONFIG]])
+def test_workdir_config_missing_a_section(tmp_path, capsys, command):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text('{"model": 3}')  # JSON, but not a run's config
+  err = _one_error_line(capsys, main([command[0], "--workdir", str(workdir), *command[1:]]))
+  assert f"{workdir / 'config.json'} is damaged: its 'codec' section is missing" in err
+
+
+def test_a_file_where_a_folder_goes(tmp_path, capsys):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  for argv in (["train", "--config", CONFIG, "--workdir", str(a_file)],
+               ["prepare", "--config", CONFIG, "--out", str(a_file)]):
+    err = _one_error_line(capsys, main(argv))
+    assert f"{a_file}: File exists" in err
+  folder = tmp_path / "folder"
+  folder.mkdir()
+  code = main(["tokenizer", "train", "--source", "builtin:photos", "--num-files", "2",
+               "--vocab-size", "300", "--out", str(folder)])
+  err = capsys.readouterr().err.strip().splitlines()  # after the encoding progress bar
+  assert code == 2 and err[-1] == f"jpeglm: error: {folder}: Is a directory", err
+  assert "Traceback" not in "\n".join(err)
+
+
+def test_sample_counts_below_one(tmp_path, capsys):
+  for flag in ("--num-samples", "--batch-size"):
+    err = _one_error_line(capsys, main(["sample", "--workdir", str(tmp_path), flag, "0"]))
+    assert f"{flag} 0: must be >= 1" in err

@@ -51,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   except JpeglmError as e:
     print(f"jpeglm: error: {e}", file=sys.stderr)
     return 2
+  except OSError as e:  # a path the user gave that cannot be used: a file for a folder, ...
+    where = f"{e.filename}: " if e.filename else ""
+    print(f"jpeglm: error: {where}{e.strerror or e}", file=sys.stderr)
+    return 2
   except KeyboardInterrupt:
     print("jpeglm: interrupted", file=sys.stderr)
     return 130

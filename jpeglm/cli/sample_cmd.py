@@ -26,6 +26,11 @@ def _run(args, overrides) -> int:
   from jpeglm.run_setup import CONFIG_FILE
   from jpeglm.sampling.run import sample_from_workdir
 
+  from jpeglm.errors import JpeglmError
+
+  for flag, value in (("--num-samples", args.num_samples), ("--batch-size", args.batch_size)):
+    if value < 1:
+      raise JpeglmError(f"{flag} {value}: must be >= 1")
   config = apply_overrides(read_config(os.path.join(args.workdir, CONFIG_FILE)), overrides)
   out = args.out or os.path.join(args.workdir, "samples")
   records = sample_from_workdir(args.workdir, config, out, args.prompt, args.ratio, args.frames,
