@@ -17,6 +17,8 @@ from __future__ import annotations
 import grain
 import numpy as np
 
+from jpeglm import batch_spec
+
 PACKINGS = ("concat", "document")
 # Bins open at once in first-fit packing: more bins, less padding, more documents in flight.
 DOCUMENT_PACKING_BINS = 8
@@ -84,15 +86,11 @@ class FinishBatch(grain.transforms.Map):
     targets_BxL = batch["targets"].astype(np.int32)
     weights_BxL = (batch["segment_ids"] > 0).astype(np.float32)
     bytes_BxL = self.piece_lengths[targets_BxL] * (weights_BxL > 0)
-    return {
-        "inputs": batch["inputs"].astype(np.int32),
-        "targets": targets_BxL,
-        "segment_ids": batch["segment_ids"].astype(np.int32),
-        "positions": batch["positions"].astype(np.int32),
-        "weights": weights_BxL,
-        "target_tokens": weights_BxL.sum(axis=1).astype(np.int32),
-        "target_bytes": bytes_BxL.sum(axis=1).astype(np.int32),
-    }
+    return batch_spec.conform({  # the arrays and dtypes of jpeglm.batch_spec
+        "inputs": batch["inputs"], "targets": targets_BxL,
+        "segment_ids": batch["segment_ids"], "positions": batch["positions"],
+        "weights": weights_BxL, "target_tokens": weights_BxL.sum(axis=1),
+        "target_bytes": bytes_BxL.sum(axis=1)})
 
 
 def piece_lengths(tokenizer) -> np.ndarray:

@@ -23,7 +23,6 @@ import os
 import re
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -189,18 +188,6 @@ def _sharded_bytes(abstract_tree) -> int:
              for x in jax.tree.leaves(abstract_tree))
 
 
-def _abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict:
-  from jpeglm import sharding
-
-  b, seq = config.train.global_batch, config.data.seq_len
-  shapes = {"inputs": ((b, seq), jnp.int32), "targets": ((b, seq), jnp.int32),
-            "segment_ids": ((b, seq), jnp.int32), "positions": ((b, seq), jnp.int32),
-            "weights": ((b, seq), jnp.float32), "target_tokens": ((b,), jnp.int32),
-            "target_bytes": ((b,), jnp.int32)}
-  return {k: jax.ShapeDtypeStruct(s, d, sharding=sharding.batch_sharding(mesh, len(s), s))
-          for k, (s, d) in shapes.items()}
-
-
 _OOM = re.compile(r"required (for HLO temporaries )?\(([\d.]+)([KMGT]?)\) exceeds available HBM "
                   r"\(([\d.]+)([KMGT]?)\)")
 
@@ -213,24 +200,15 @@ def compile_train_step(config: ml_collections.ConfigDict, devices, topology_name
                        hbm_bytes: int | None, peaks: tuple[float, float] | None = None
                        ) -> FitReport:
   """Lowers and compiles the trainer's step for `devices`; reads the per-device memory."""
-  from jpeglm import flops, model as model_lib, optimizer as opt_lib, sharding
-  from jpeglm.train_state import state_layout
-  from jpeglm.train_step import make_train_step
+  from jpeglm import flops, model as model_lib, sharding, train_step
 
   mesh = sharding.make_mesh(config.mesh, devices=devices)
   sharding.check_batch_layout(config.train.global_batch, config.train.grad_accum,
                               dict(mesh.shape))
   model_cfg = model_lib.ModelConfig.from_config(config.model, devices[0].platform)
   train = config.train
-  optimizer = opt_lib.make_optimizer(train)
-  layout = state_layout(config, mesh, optimizer)
-  apply_fn = model_lib.make_apply_fn(layout.graphdef,
-                                     segment_masking=config.data.packing == "document")
-  step_fn = make_train_step(apply_fn, optimizer, opt_lib.learning_rate_schedule(train),
-                            grad_accum=train.grad_accum, z_loss=train.z_loss,
-                            skip_nonfinite=train.get("on_nonfinite", "stop") == "skip")
-  batch = _abstract_batch(config, mesh)
-  batch_shardings = {k: v.sharding for k, v in batch.items()}
+  built = train_step.build(config, mesh)  # the trainer's own step, state layout and batch
+  layout, batch = built.layout, built.batch
   report = FitReport(
       topology=topology_name, num_devices=len(devices), mesh=dict(mesh.shape),
       method=f"compiled ahead of time ({devices[0].platform})",
@@ -242,9 +220,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices, topology_name
       model_flops=flops.causal_flops_per_token(config.model, config.data.seq_len)
       * train.global_batch * config.data.seq_len)
   with jax.set_mesh(mesh):
-    jitted = jax.jit(step_fn, in_shardings=(layout.shardings, batch_shardings),
-                     out_shardings=(layout.shardings, None), donate_argnums=0)
-    lowered = jitted.lower(layout.abstract, batch)
+    lowered = built.step.lower(layout.abstract, batch)
     try:
       compiled = lowered.compile()
     except Exception as e:  # XlaRuntimeError; its class moves between jax versions
@@ -308,7 +284,9 @@ def analytic_report(config: ml_collections.ConfigDict, topology: Topology | None
   temp = activation_estimate(config, mem.mesh) + grads
   b = config.train.global_batch
   rows = math.ceil(b / (mem.mesh["data"] * mem.mesh["fsdp"]))
-  batch = rows * config.data.seq_len * 4 * 5 + rows * 4 * 2
+  from jpeglm import batch_spec
+  batch = sum(math.prod(shape) * np.dtype(dtype).itemsize
+              for shape, dtype in batch_spec.shapes(rows, config.data.seq_len).values())
   return FitReport(
       topology=topology.name if topology else "local", num_devices=num_devices, mesh=mem.mesh,
       method="analytic estimate (NOT compiled)", param_bytes=mem.param_bytes,

@@ -1,6 +1,6 @@
 """Parameter count and per-device memory of a config's model, computed from shapes only.
 
-`nnx.eval_shape` builds the model abstractly (no array is allocated, so the 7b config is
+`train_state.abstract_params` builds the model abstractly (no array is allocated, so the 7b config is
 instant on a laptop); the logical-axis rules give each array's sharding on the config's mesh,
 and per-device bytes follow by arithmetic, so any device count can be asked about.
 """
@@ -12,10 +12,10 @@ import dataclasses
 import jax
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from jpeglm import sharding
-from jpeglm.model import ModelConfig, Transformer
+from jpeglm.model import ModelConfig
+from jpeglm.train_state import abstract_params
 
 GIB = 1024 ** 3
 
@@ -50,19 +50,13 @@ class MemoryReport:
     ]
 
 
-def abstract_model_state(cfg: ModelConfig) -> nnx.State:
-  """The model's parameters as ShapeDtypeStructs with their logical-axis metadata."""
-  with nnx.use_eager_sharding(False):
-    return nnx.state(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))
-
-
 def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = None
                   ) -> MemoryReport:
-  cfg = ModelConfig.from_config(config.model)
+  cfg = ModelConfig.from_config(config.model)  # a bad model config fails here, in one line
   num_devices = jax.device_count() if num_devices is None else int(num_devices)
   shape = sharding.mesh_shape(config.mesh, num_devices)
   axis_sizes = dict(zip(sharding.MESH_AXES, shape))
-  state = abstract_model_state(cfg)
+  state = abstract_params(config).variables
   leaves = jax.tree.leaves(state)
   specs = jax.tree.leaves(sharding.state_specs(state, axis_sizes),
                           is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))

@@ -312,10 +312,6 @@ class Transformer(nnx.Module):
     return logits_BxLxV if cache is None else (logits_BxLxV, cache)
 
 
-def param_count(state) -> int:
-  return sum(x.size for x in jax.tree.leaves(state))
-
-
 def make_apply_fn(graphdef: nnx.GraphDef, segment_masking: bool = True):
   """`apply(params, batch) -> logits_BxLxV`, a pure function for the train step.
 

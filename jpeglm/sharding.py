@@ -20,7 +20,7 @@ gradients on every supported layout with a single-device run.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -192,15 +192,6 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, dict(mesh.shape)))
 
 
-def logical_names(abstract_state) -> object:
-  """The logical axis names of each variable in an nnx State (None where unannotated)."""
-  def names(v):
-    value = v.get_value() if hasattr(v, "get_value") else v.value
-    got = v.get_metadata().get("out_sharding")
-    return tuple(got) if got is not None else (None,) * len(value.shape)
-  return jax.tree.map(names, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
 def state_specs(abstract_state, axis_sizes: Mapping[str, int]) -> object:
   """PartitionSpec per variable of an (abstract) nnx State, from its logical names."""
   def spec(v):
@@ -216,25 +207,6 @@ def state_shardings(abstract_state, mesh: Mesh) -> object:
   specs = state_specs(abstract_state, dict(mesh.shape))
   return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
                       is_leaf=lambda x: isinstance(x, P))
-
-
-def init_sharded(create: Callable[[], nnx.Module], mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State]:
-  """Builds a module directly sharded: abstract shapes -> shardings -> init under jit.
-
-  Returns (graphdef, state) with every array laid out by the logical-axis rules; no device
-  ever holds an unsharded copy of a parameter.
-  """
-  with nnx.use_eager_sharding(False):
-    abstract = nnx.eval_shape(create)
-    graphdef, abstract_state = nnx.split(abstract)
-    shardings = state_shardings(abstract_state, mesh)
-
-    def init():
-      return nnx.split(create())[1]
-
-    with jax.set_mesh(mesh):
-      state = jax.jit(init, out_shardings=shardings)()
-  return graphdef, state
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2, shape: Sequence[int] | None = None) -> NamedSharding:

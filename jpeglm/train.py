@@ -15,7 +15,6 @@ with a one-line error. A failed checkpoint write ends it too, naming the step an
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -27,15 +26,15 @@ import numpy as np
 from tqdm import tqdm
 
 from data_pipeline import host_batches, pipeline
-from jpeglm import checkpointing, flops, model as model_lib, multihost, optimizer as opt_lib
-from jpeglm import faults as faults_lib, run_setup, sharding
+from jpeglm import checkpointing, flops, model as model_lib, multihost
+from jpeglm import faults as faults_lib, run_setup, sharding, train_step
 from jpeglm.errors import JpeglmError
 from jpeglm.metrics_log import MetricsLog
 from jpeglm.train_samples import TrainSamples
 from jpeglm import preemption as preemption_lib
 from jpeglm.preemption import PreemptionFlag
-from jpeglm.train_state import init_state, state_layout
-from jpeglm.train_step import LN2, make_eval_step, make_train_step
+from jpeglm.train_state import init_state
+from jpeglm.train_step import LN2
 
 log = logging.getLogger("jpeglm.train")
 
@@ -56,254 +55,285 @@ def _checkpoint_meta(config, tokenizer_path: str, step: int) -> dict:
           "step": int(step)}
 
 
-# The train batch's arrays; the step also takes "stop" (int32 per row, jpeglm.preemption).
-_BATCH_DTYPES = {"inputs": np.int32, "targets": np.int32, "segment_ids": np.int32,
-                 "positions": np.int32, "weights": np.float32, "target_tokens": np.int32,
-                 "target_bytes": np.int32}
-_PER_TOKEN = ("inputs", "targets", "segment_ids", "positions", "weights")
-
-
-class _Window:
-  """Host-side sums over one logging window."""
-
-  def __init__(self):
-    self.reset()
-
-  def reset(self):
-    self.start = time.perf_counter()
-    self.steps = 0
-    self.tokens = 0.0
-    self.documents = 0
-    self.data_wait = 0.0
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
   started = time.perf_counter()
-  budget = 60.0 * float(config.train.get("time_budget_minutes", 0) or 0)
   is_main = jax.process_index() == 0
+  train = config.train
+
+  # Setup: everything that can be refused is refused before any compute.
   run_setup.check_workdir_config(config, workdir)
-  model_lib.ModelConfig.from_config(config.model)  # validates before any compute
+  model_lib.ModelConfig.from_config(config.model)
   mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch_layout(config.train.global_batch, config.train.grad_accum,
-                              dict(mesh.shape))
+  sharding.check_batch_layout(train.global_batch, train.grad_accum, dict(mesh.shape))
   if is_main:
     os.makedirs(workdir, exist_ok=True)
   tokenizer = run_setup.resolve_tokenizer(config, workdir, is_main, multihost.barrier)
   if is_main:
     run_setup.write_config(config, workdir)
-
-  train = config.train
-  optimizer = opt_lib.make_optimizer(train)
-  schedule = opt_lib.learning_rate_schedule(train)
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, run_setup.CHECKPOINT_DIR), keep=train.keep_checkpoints)
   checkpointer.check_writable()
-  layout = state_layout(config, mesh, optimizer)
+  built = train_step.build(config, mesh)
+  state, start_step, data_state = _restore_or_init(config, mesh, built, checkpointer)
+  batches = _train_iterator(config, tokenizer)
+  if data_state is not None:
+    batches.set_state(data_state)
+  if is_main:
+    print(("resuming from step %d" % start_step) if start_step else "starting from step 0",
+          f"in {workdir}: {sum(x.size for x in jax.tree.leaves(state['params'])):,} parameters, "
+          f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es)")
 
+  metrics_log = MetricsLog(workdir, enabled=is_main)
+  samples = TrainSamples(config, workdir, tokenizer, metrics_log, mesh)  # train.sample_every
+  stop = _Stop()
+  feed = _Feed(config, batches, built, tokenizer.eos_id, stop, started)
+  window = _MetricsWindow(config, feed, stop, metrics_log, is_main, start_step)
+  saves = _Saves(config, workdir, checkpointer, metrics_log, start_step)
+  evaluate = _Evaluator(config, tokenizer, built, mesh, metrics_log)
+  faults = faults_lib.Faults(jax.process_index())
+  step = start_step
+  try:
+    # The steps trace (and run) with the mesh set, so the model's sharding constraints apply.
+    with jax.set_mesh(mesh):
+      while step < train.steps and not stop.code:
+        local = faults.batch(step + 1, feed.next_rows(step + 1))
+        local["stop"] = np.maximum(local["stop"], checkpointer.stop_code())  # a failed write
+        state, device_metrics = built.step(state, sharding.global_batch_from_local(local, mesh))
+        step += 1
+        feed.dispatched(step)
+        window.dispatched(step, device_metrics)  # reads the step before's metrics
+        checkpointer.check()  # a failed background write stops the run now, not at the next save
+        if not stop.code and (step % train.checkpoint_every == 0 or step == train.steps):
+          window.flush()
+          if not stop.code:
+            saves.save(step, state, feed.data_state(step))
+        if not stop.code and train.eval_every and step % train.eval_every == 0:
+          evaluate(step, state["params"])
+        if not stop.code:
+          samples(step, state["params"])  # grids every train.sample_every steps
+        faults.at_step(step, checkpointer.wait)
+      window.flush()
+      if stop.code == preemption_lib.STOP_CHECKPOINT_FAILED:  # on some process: nothing more saved
+        raise checkpointer.failure_error(step)
+
+      # The end: save the last good step (once), evaluate a finished run, explain a stop.
+      last_good = stop.last_good(step)
+      if stop.first_unchanged:
+        # A halted state counts -1; it holds the last good step's weights.
+        state = {**state, "step": _scalar_like(state["step"], last_good)}
+      had = saves.saved_at == last_good
+      if not had:
+        saves.save(last_good, state, feed.data_state(last_good))
+      if step == train.steps and not stop.first_unchanged:
+        if train.eval_every and step % train.eval_every:
+          window.last_logged.update(evaluate(step, state["params"]))
+      elif stop.code:
+        saved = (f"saved step {last_good}" if not had else
+                 f"step {last_good} was already saved" if last_good else "nothing to save")
+        message = stop.describe(train, checkpointer.directory, saved)
+        checkpointer.wait()
+        if stop.code >= preemption_lib.STOP_DATA_FAILED:
+          raise JpeglmError(message)
+        if is_main:
+          print(f"\n{message}")
+      checkpointer.wait()
+  finally:
+    window.close()
+    checkpointer.close()
+    batches.close()
+    metrics_log.close()
+    feed.close()
+  return window.last_logged
+
+
+def _restore_or_init(config, mesh, built: train_step.TrainStep,
+                     checkpointer: checkpointing.Checkpointer) -> tuple[dict, int, dict | None]:
+  """(state, step, data iterator state) of the latest checkpoint, or a fresh state."""
   def same_model(meta: dict) -> None:
     run_setup.check_same_model(ml_collections.ConfigDict(meta["config"]), config,
                                f"{checkpointer.directory} (step {meta.get('step')})")
 
-  restored = checkpointer.restore(layout.abstract, check_meta=same_model)
+  restored = checkpointer.restore(built.layout.abstract, check_meta=same_model)
   if restored is None:
-    state, _ = init_state(config, mesh, optimizer)
-    start_step = 0
-  else:
-    state, start_step = restored.state, restored.step
-  batches = _train_iterator(config, tokenizer)
-  if restored is not None and restored.data is not None:
-    batches.set_state(restored.data)
-  if is_main:
-    print(("resuming from step %d" % start_step) if restored else "starting from step 0",
-          f"in {workdir}: {sum(x.size for x in jax.tree.leaves(state['params'])):,} parameters, "
-          f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es)")
+    return init_state(config, mesh, built.optimizer)[0], 0, None
+  return restored.state, restored.step, restored.data
 
-  apply_fn = model_lib.make_apply_fn(layout.graphdef,
-                                     segment_masking=config.data.packing == "document")
-  stop_on_nonfinite = train.get("on_nonfinite", "stop") == "stop"
-  step_fn = make_train_step(apply_fn, optimizer, schedule, grad_accum=train.grad_accum,
-                            z_loss=train.z_loss, skip_nonfinite=not stop_on_nonfinite)
-  local_rows = train.global_batch // jax.process_count()
-  seq_len = config.data.seq_len
-  batch_shapes = {k: (train.global_batch,) + ((seq_len,) if k in _PER_TOKEN else ())
-                  for k in _BATCH_DTYPES}
-  batch_shardings = {k: sharding.batch_sharding(mesh, len(s), s) for k, s in batch_shapes.items()}
-  step_shardings = {**batch_shardings, "stop": batch_shardings["target_tokens"]}
-  with jax.set_mesh(mesh):
-    jit_step = jax.jit(step_fn, in_shardings=(layout.shardings, step_shardings),
-                       out_shardings=(layout.shardings, None), donate_argnums=0)
-    jit_eval = jax.jit(make_eval_step(apply_fn),
-                       in_shardings=(layout.shardings["params"], batch_shardings))
-  # Fed in place of this host's rows once its data has failed; the step then changes nothing.
-  empty_rows = {k: np.zeros((local_rows,) + s[1:], _BATCH_DTYPES[k])
-                for k, s in batch_shapes.items()}
 
-  eval_config = ml_collections.ConfigDict(config.to_dict())
-  eval_config.train.global_batch = local_rows
-  metrics_log = MetricsLog(workdir, enabled=is_main)
-  samples = TrainSamples(config, workdir, tokenizer, metrics_log, mesh)  # train.sample_every
-  preemption = PreemptionFlag()
-  faults = faults_lib.Faults(jax.process_index())
-  flops_per_step = flops.flops_per_token(config.model, seq_len) * train.global_batch * seq_len
-  peak = flops.peak_flops(jax.devices()[0].device_kind)
-  eos = tokenizer.eos_id
-  window = _Window()
-  last_logged: dict = {}
-  pending = None  # (step, device metrics) of the step dispatched last
-  bar = tqdm(total=train.steps, initial=start_step, disable=not is_main, unit="step",
-             dynamic_ncols=True)
+class _Feed:
+  """This host's rows of each batch, with its stop code (jpeglm.preemption) in "stop", and
+  the data iterator's state after the last few steps (the last good one is saved)."""
 
-  saved_at = [start_step]
+  def __init__(self, config, batches: host_batches.HostBatches, built: train_step.TrainStep,
+               eos: int, stop: "_Stop", started: float):
+    self.batches, self.stop, self.eos, self.started = batches, stop, eos, started
+    self.budget = 60.0 * float(config.train.get("time_budget_minutes", 0) or 0)
+    self.rows = config.train.global_batch // jax.process_count()
+    self.empty_rows = built.empty_rows(self.rows)  # once the data failed; trains nothing
+    self.preemption = PreemptionFlag()
+    self.recent: dict[int, dict | None] = {}  # step -> data state after it
+    self.waited = 0.0  # seconds in next(batches), and documents read, since the last take
+    self.documents = 0
 
-  def save(step: int, data_state: dict) -> None:
-    if saved_at[0] == step:
+  def next_rows(self, step: int) -> dict:
+    local, code = self._next(step)
+    return {**local, "stop": np.full(self.rows, code, np.int32)}
+
+  def _next(self, step: int) -> tuple[dict, int]:
+    if self.stop.data_error is None:
+      began = time.perf_counter()
+      try:
+        local = next(self.batches)
+      except Exception as e:  # noqa: BLE001 - a dead worker, too many bad files, ...
+        self.stop.data_error = _one_line(e)
+        log.error("data failed at step %d: %s", step, self.stop.data_error)
+      else:
+        self.waited += time.perf_counter() - began
+        if local["inputs"].shape[0] != self.rows:
+          raise JpeglmError(f"data gave {local['inputs'].shape[0]} rows, expected {self.rows}")
+        self.documents += int(np.sum(local["targets"] == self.eos)) * jax.process_count()
+        if self.preemption.requested:
+          return local, preemption_lib.STOP_PREEMPTED
+        if self.budget > 0 and time.perf_counter() - self.started > self.budget:
+          return local, preemption_lib.STOP_TIME_BUDGET
+        return local, preemption_lib.STOP_NONE
+    return dict(self.empty_rows), preemption_lib.STOP_DATA_FAILED
+
+  def dispatched(self, step: int) -> None:
+    self.recent[step] = self.batches.get_state() if self.stop.data_error is None else None
+    self.recent.pop(step - 3, None)  # the last good step is at most two behind
+
+  def data_state(self, step: int) -> dict | None:
+    return self.recent[step]
+
+  def take_counts(self) -> tuple[float, int]:
+    """(seconds waited, documents read) since the last call."""
+    out, self.waited, self.documents = (self.waited, self.documents), 0.0, 0
+    return out
+
+  def close(self) -> None:
+    self.preemption.restore()
+
+
+class _MetricsWindow:
+  """Owns "finish step N": reads a dispatched step's metrics once a later step is queued,
+  notes any reason to stop in `stop` (every process reads the same metrics, so all agree),
+  and logs every `train.log_every` steps with host-side rates over the window."""
+
+  def __init__(self, config, feed: _Feed, stop: "_Stop", metrics_log: MetricsLog,
+               is_main: bool, start_step: int):
+    self.train, self.feed, self.stop, self.metrics_log = config.train, feed, stop, metrics_log
+    self.stop_on_nonfinite = self.train.get("on_nonfinite", "stop") == "stop"
+    seq_len = config.data.seq_len
+    self.flops_per_step = (flops.flops_per_token(config.model, seq_len)
+                           * self.train.global_batch * seq_len)
+    self.peak = flops.peak_flops(jax.devices()[0].device_kind)
+    self.bar = tqdm(total=self.train.steps, initial=start_step, disable=not is_main,
+                    unit="step", dynamic_ncols=True)
+    self.pending = None  # (step, device metrics) of the step dispatched last, not yet read
+    self.last_logged: dict = {}
+    self._reset()
+
+  def _reset(self) -> None:
+    self.start, self.steps, self.tokens, self.documents, self.data_wait = (
+        time.perf_counter(), 0, 0.0, 0, 0.0)
+
+  def dispatched(self, step: int, device_metrics) -> None:
+    """Step `step` is queued: the step before it is finished now."""
+    self.flush()
+    self.pending = (step, device_metrics)
+    self.bar.update(1)
+
+  def flush(self) -> None:
+    """Finishes the pending step, if any (each step is finished exactly once)."""
+    if self.pending is not None:
+      pending, self.pending = self.pending, None
+      self._finish(*pending)
+
+  def _finish(self, step: int, device_metrics) -> None:
+    m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    code, finite = int(m.pop("stop")), bool(m.pop("finite"))
+    if code >= preemption_lib.STOP_DATA_FAILED or self.stop.first_unchanged is not None:
+      self.stop.note(code, step, changed_state=False)
+      return  # the step left the state as it was: nothing to log
+    if not finite:
+      if self.stop_on_nonfinite:
+        self.stop.nonfinite = (m["loss"], m["grad_norm"])
+        self.stop.note(preemption_lib.STOP_NONFINITE, step, changed_state=False)
+        return
+      log.warning("step %d: non-finite loss, update skipped", step)
+    self.stop.note(code, step, changed_state=True)
+    self.steps += 1
+    self.tokens += m.pop("tokens")
+    if step % self.train.log_every == 0 or step == self.train.steps or code:
+      self._log(step, m)
+
+  def _log(self, step: int, m: dict) -> None:
+    seconds = time.perf_counter() - self.start
+    waited, documents = self.feed.take_counts()
+    _, skipped = self.feed.batches.bad_inputs()
+    m.update(steps_per_second=self.steps / seconds, tokens_per_second=self.tokens / seconds,
+             images_per_second=documents / seconds, data_wait_fraction=waited / seconds,
+             bad_inputs=skipped)
+    if self.peak:
+      m["mfu"] = self.flops_per_step / (seconds / max(self.steps, 1)) / (
+          self.peak * jax.device_count())
+    self.metrics_log.write(step, m)
+    self.bar.set_postfix(loss=f"{m['loss']:.4f}", bpb=f"{m['bits_per_byte']:.3f}",
+                         tok_s=f"{m['tokens_per_second']:,.0f}", refresh=False)
+    self.last_logged = {"step": step, **m}
+    self._reset()
+
+  def close(self) -> None:
+    self.bar.close()
+
+
+class _Saves:
+  """Checkpoint saves: each step at most once, with the data state merged over processes."""
+
+  def __init__(self, config, workdir: str, checkpointer: checkpointing.Checkpointer,
+               metrics_log: MetricsLog, saved_at: int):
+    self.config, self.checkpointer, self.metrics_log = config, checkpointer, metrics_log
+    self.tokenizer_path = os.path.join(workdir, run_setup.TOKENIZER_FILE)
+    self.saved_at = saved_at
+
+  def save(self, step: int, state: dict, data_state: dict) -> None:
+    if self.saved_at == step:
       return  # already saved at this step (a checkpoint step that is also a stop)
-    saved_at[0] = step
+    self.saved_at = step
     began = time.perf_counter()
     merged = {"shards": {}}
     for part in multihost.merge_json(data_state):
       merged["shards"].update(part["shards"])
-    checkpointer.save(step, state, merged,
-                      _checkpoint_meta(config, os.path.join(workdir, run_setup.TOKENIZER_FILE),
-                                       step))
+    self.checkpointer.save(step, state, merged,
+                           _checkpoint_meta(self.config, self.tokenizer_path, step))
     # Only this part blocks training; Orbax writes the files in the background meanwhile.
-    metrics_log.write(step, {"checkpoint_blocking_seconds": time.perf_counter() - began})
+    self.metrics_log.write(step, {"checkpoint_blocking_seconds": time.perf_counter() - began})
 
-  def evaluate(step: int) -> dict:
+
+class _Evaluator:
+  """Held-out loss and bits per byte. Every process reads the whole (small) held-out split;
+  identical rows on each process leave the mean unchanged, and no split is ever too small
+  for the process count."""
+
+  def __init__(self, config, tokenizer, built: train_step.TrainStep, mesh, metrics_log):
+    self.config = ml_collections.ConfigDict(config.to_dict())
+    self.config.train.global_batch = config.train.global_batch // jax.process_count()
+    self.tokenizer, self.built, self.mesh, self.metrics_log = tokenizer, built, mesh, metrics_log
+
+  def __call__(self, step: int, params) -> dict:
     sums = {"nll": 0.0, "tokens": 0.0, "bytes": 0.0}
-    # Every process reads the whole (small) held-out split; identical rows on each process
-    # leave the mean unchanged, and no split is ever too small for the process count.
-    with pipeline.make_eval_iterator(eval_config, tokenizer, process_index=0,
+    with pipeline.make_eval_iterator(self.config, self.tokenizer, process_index=0,
                                      process_count=1) as eval_batches:
       for local in eval_batches:
-        out = jax.device_get(jit_eval(state["params"],
-                                      sharding.global_batch_from_local(local, mesh)))
+        out = jax.device_get(self.built.eval(
+            params, sharding.global_batch_from_local(local, self.mesh)))
         for k in sums:
           sums[k] += float(out[k])
     result = {"eval_loss": sums["nll"] / max(sums["tokens"], 1.0),
               "eval_bits_per_byte": sums["nll"] / LN2 / max(sums["bytes"], 1.0)}
-    metrics_log.write(step, result)
+    self.metrics_log.write(step, result)
     return result
-
-  stop = _Stop()
-
-  def finish(step: int, device_metrics) -> None:
-    """Reads step `step`'s metrics (already computed: a later step is queued), logs, and
-    notes in `stop` any reason to stop; every process reads the same metrics, so all agree."""
-    nonlocal last_logged
-    m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-    code, finite = int(m.pop("stop")), bool(m.pop("finite"))
-    if code >= preemption_lib.STOP_DATA_FAILED or stop.first_unchanged is not None:
-      stop.note(code, step, changed_state=False)
-      return  # the step left the state as it was: nothing to log
-    if not finite:
-      if stop_on_nonfinite:
-        stop.nonfinite = (m["loss"], m["grad_norm"])
-        stop.note(preemption_lib.STOP_NONFINITE, step, changed_state=False)
-        return
-      log.warning("step %d: non-finite loss, update skipped", step)
-    stop.note(code, step, changed_state=True)
-    window.steps += 1
-    window.tokens += m.pop("tokens")
-    if step % train.log_every == 0 or step == train.steps or code:
-      seconds = time.perf_counter() - window.start
-      per_step = seconds / max(window.steps, 1)
-      seen, skipped = batches.bad_inputs()
-      m.update(steps_per_second=window.steps / seconds, tokens_per_second=window.tokens / seconds,
-               images_per_second=window.documents / seconds,
-               data_wait_fraction=window.data_wait / seconds, bad_inputs=skipped)
-      if peak:
-        m["mfu"] = flops_per_step / per_step / (peak * jax.device_count())
-      metrics_log.write(step, m)
-      bar.set_postfix(loss=f"{m['loss']:.4f}", bpb=f"{m['bits_per_byte']:.3f}",
-                      tok_s=f"{m['tokens_per_second']:,.0f}", refresh=False)
-      last_logged = {"step": step, **m}
-      window.reset()
-
-  def next_rows() -> tuple[dict, int]:
-    """This host's rows of the next batch and its stop code."""
-    if stop.data_error is None:
-      waited = time.perf_counter()
-      try:
-        local = next(batches)
-      except Exception as e:  # noqa: BLE001 - a dead worker, too many bad files, ...
-        stop.data_error = _one_line(e)
-        log.error("data failed at step %d: %s", step + 1, stop.data_error)
-      else:
-        window.data_wait += time.perf_counter() - waited
-        if local["inputs"].shape[0] != local_rows:
-          raise JpeglmError(f"data gave {local['inputs'].shape[0]} rows, expected {local_rows}")
-        window.documents += int(np.sum(local["targets"] == eos)) * jax.process_count()
-        if preemption.requested:
-          return local, preemption_lib.STOP_PREEMPTED
-        if budget > 0 and time.perf_counter() - started > budget:
-          return local, preemption_lib.STOP_TIME_BUDGET
-        return local, preemption_lib.STOP_NONE
-    return dict(empty_rows), preemption_lib.STOP_DATA_FAILED
-
-  step = start_step
-  recent_data: dict[int, dict | None] = {}  # step -> this host's data state after it
-  # The steps trace (and run) with the mesh set, so the model's sharding constraints apply.
-  scope = contextlib.ExitStack()
-  scope.enter_context(jax.set_mesh(mesh))
-  try:
-    while step < train.steps and not stop.code:
-      local, code = next_rows()
-      local = faults.batch(step + 1, local)
-      local["stop"] = np.full(local_rows, code, np.int32)
-      local["stop"] = np.maximum(local["stop"], checkpointer.stop_code())  # a failed write
-      state, device_metrics = jit_step(state, sharding.global_batch_from_local(local, mesh))
-      step += 1
-      recent_data[step] = batches.get_state() if stop.data_error is None else None
-      recent_data.pop(step - 3, None)  # the last good step is at most two behind
-      if pending is not None:
-        finish(*pending)
-      pending = (step, device_metrics)
-      bar.update(1)
-      checkpointer.check()  # a failed background write stops the run now, not at the next save
-      if not stop.code and (step % train.checkpoint_every == 0 or step == train.steps):
-        finish(*pending)
-        pending = None
-        if not stop.code:
-          save(step, recent_data[step])
-      if not stop.code and train.eval_every and step % train.eval_every == 0:
-        evaluate(step)
-      if not stop.code:
-        samples(step, state["params"])  # grids every train.sample_every steps
-      faults.at_step(step, checkpointer.wait)
-    if pending is not None:
-      finish(*pending)
-    if stop.code == preemption_lib.STOP_CHECKPOINT_FAILED:  # on some process: nothing more saved
-      raise checkpointer.failure_error(step)
-    last_good = stop.last_good(step)
-    if stop.first_unchanged:
-      # A halted state counts -1; it holds the last good step's weights.
-      state = {**state, "step": _scalar_like(state["step"], last_good)}
-    had = saved_at[0] == last_good
-    if not had:
-      save(last_good, recent_data[last_good])
-    if step == train.steps and not stop.first_unchanged:
-      if train.eval_every and step % train.eval_every:
-        last_logged.update(evaluate(step))
-    elif stop.code:
-      saved = (f"saved step {last_good}" if not had else
-               f"step {last_good} was already saved" if last_good else "nothing to save")
-      message = stop.describe(train, checkpointer.directory, saved)
-      checkpointer.wait()
-      if stop.code >= preemption_lib.STOP_DATA_FAILED:
-        raise JpeglmError(message)
-      if is_main:
-        print(f"\n{message}")
-    checkpointer.wait()
-  finally:
-    scope.close()
-    bar.close()
-    checkpointer.close()
-    batches.close()
-    metrics_log.close()
-    preemption.restore()
-  return last_logged
 
 
 class _Stop:

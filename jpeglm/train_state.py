@@ -38,12 +38,34 @@ def mesh_platform(mesh: Mesh) -> str:
   return mesh.devices.flat[0].platform
 
 
-def _param_shardings(config, mesh: Mesh):
+@dataclasses.dataclass(frozen=True)
+class AbstractParams:
+  """The model's parameters, built from shapes only (nothing is allocated)."""
+  graphdef: nnx.GraphDef
+  variables: nnx.State  # ShapeDtypeStruct values with their logical axis names (metadata)
+  shardings: dict | None  # pure dict of NamedSharding on the mesh (None without a mesh)
+
+  @property
+  def abstract(self) -> dict:
+    """Pure dict of ShapeDtypeStructs (with shardings on a mesh): what a restore needs."""
+    plain = nnx.to_pure_dict(self.variables)
+    if self.shardings is None:
+      return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), plain)
+    return jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
+                        plain, self.shardings)
+
+
+def abstract_params(config: ml_collections.ConfigDict, mesh: Mesh | None = None
+                    ) -> AbstractParams:
+  """The config's model as shapes, laid out on `mesh` by the logical-axis rules; the mesh's
+  platform picks the attention kernel. The one place the abstract model is built."""
   with nnx.use_eager_sharding(False):
-    abstract_model = nnx.eval_shape(model_factory(config, mesh_platform(mesh)))
-  graphdef, abstract_state = nnx.split(abstract_model)
-  shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_state, mesh))
-  return graphdef, nnx.to_pure_dict(abstract_state), shardings
+    abstract_model = nnx.eval_shape(
+        model_factory(config, mesh_platform(mesh) if mesh is not None else ""))
+  graphdef, variables = nnx.split(abstract_model)
+  shardings = (None if mesh is None else
+               nnx.to_pure_dict(sharding.state_shardings(variables, mesh)))
+  return AbstractParams(graphdef, variables, shardings)
 
 
 def init_state(config: ml_collections.ConfigDict, mesh: Mesh,
@@ -65,17 +87,18 @@ def init_state(config: ml_collections.ConfigDict, mesh: Mesh,
 def state_layout(config: ml_collections.ConfigDict, mesh: Mesh,
                  optimizer: optax.GradientTransformation) -> StateLayout:
   """Shapes and shardings of the train state, computed without allocating it."""
-  graphdef, abstract_params, param_shardings = _param_shardings(config, mesh)
-  abstract_params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), abstract_params)
-  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+  params = abstract_params(config, mesh)
+  param_shardings = params.shardings
+  plain = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), params.abstract)
+  abstract_opt = jax.eval_shape(optimizer.init, plain)
   replicated = NamedSharding(mesh, P())
   # Moments are laid out like their parameters; counts and other scalars are replicated.
   opt_shardings = optax.tree_map_params(
       optimizer, lambda _, s: s, abstract_opt, param_shardings,
       transform_non_params=lambda _: replicated)
   shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings}
-  abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
+  abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": plain,
               "opt_state": abstract_opt}
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
-  return StateLayout(graphdef, shardings, abstract)
+  return StateLayout(params.graphdef, shardings, abstract)

@@ -1,16 +1,27 @@
 """The one pure training step: loss and gradients (accumulated over micro-batches), the
-optimizer update, and the step's metrics; jitted once by the trainer with shardings and
-donation. The model enters as `apply_fn(params, batch) -> logits`."""
+optimizer update, and the step's metrics. The model enters as `apply_fn(params, batch) ->
+logits`.
+
+`build(config, mesh)` is the one place the step is jitted (shardings, donation) together with
+the state layout and the abstract batch it takes: the trainer, compile-check, plan and the
+tests all use it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import optax
+from jax.sharding import Mesh
 
+from jpeglm import batch_spec
+from jpeglm.errors import ConfigError
 from jpeglm.losses import token_losses
 from jpeglm.preemption import STOP_DATA_FAILED
 
@@ -101,3 +112,47 @@ def make_eval_step(apply_fn: Callable) -> Callable:
             "bytes": jnp.sum(batch["target_bytes"]).astype(jnp.float32)}
 
   return evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+  """The trainer's jitted steps and the layouts they take."""
+  step: Callable  # (state, batch) -> (state, metrics); the state is donated
+  eval: Callable  # (params, batch without "stop") -> sums {"nll", "tokens", "bytes"}
+  layout: "StateLayout"  # noqa: F821 - jpeglm.train_state.StateLayout
+  batch: dict  # name -> ShapeDtypeStruct of the global batch, with its sharding
+  optimizer: optax.GradientTransformation
+
+  def empty_rows(self, rows: int) -> dict[str, np.ndarray]:
+    """`rows` rows that train nothing (fed once a host's data has failed), without "stop"."""
+    return batch_spec.zeros(rows, self.batch["inputs"].shape[1])
+
+
+def build(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainStep:
+  """The train step of `config` on `mesh`, jitted with the state's and batch's shardings."""
+  from jpeglm import model as model_lib, optimizer as opt_lib, sharding
+  from jpeglm.train_state import state_layout
+
+  train = config.train
+  on_nonfinite = train.get("on_nonfinite", "stop")
+  if on_nonfinite not in ("stop", "skip"):
+    raise ConfigError(f"train.on_nonfinite={on_nonfinite!r}: choose 'stop' or 'skip'")
+  optimizer = opt_lib.make_optimizer(train)
+  layout = state_layout(config, mesh, optimizer)
+  apply_fn = model_lib.make_apply_fn(layout.graphdef,
+                                     segment_masking=config.data.packing == "document")
+  step_fn = make_train_step(apply_fn, optimizer, opt_lib.learning_rate_schedule(train),
+                            grad_accum=train.grad_accum, z_loss=train.z_loss,
+                            skip_nonfinite=on_nonfinite == "skip")
+  batch = {k: jax.ShapeDtypeStruct(shape, dtype,
+                                   sharding=sharding.batch_sharding(mesh, len(shape), shape))
+           for k, (shape, dtype) in batch_spec.shapes(train.global_batch,
+                                                      config.data.seq_len).items()}
+  shardings = {k: v.sharding for k, v in batch.items()}
+  eval_shardings = {k: s for k, s in shardings.items() if k in batch_spec.DATA}
+  with jax.set_mesh(mesh):
+    step = jax.jit(step_fn, in_shardings=(layout.shardings, shardings),
+                   out_shardings=(layout.shardings, None), donate_argnums=0)
+    evaluate = jax.jit(make_eval_step(apply_fn),
+                       in_shardings=(layout.shardings["params"], eval_shardings))
+  return TrainStep(step, evaluate, layout, batch, optimizer)

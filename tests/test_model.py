@@ -11,7 +11,7 @@ from flax import nnx
 from configs.jpeglm import get_config
 from jpeglm.errors import ConfigError
 from jpeglm.losses import cross_entropy
-from jpeglm.memory_report import abstract_model_state
+from jpeglm.train_state import abstract_params
 from jpeglm.attention import attention_chunked, attention_einsum
 from jpeglm.model import ModelConfig, Transformer
 from jpeglm.remat import POLICIES
@@ -158,7 +158,7 @@ def test_grouped_query_attention_equals_repeated_heads():
 
 def test_7b_param_count_matches_llama2_formula():
   config = get_config("size=7b,codec=jpeg")
-  state = abstract_model_state(ModelConfig.from_config(config.model))
+  state = abstract_params(config).variables
   d, layers, f, v = 4096, 32, 11008, 320
   llama2 = 2 * v * d + layers * (4 * d * d + 3 * d * f + 2 * d) + d
   assert sum(x.size for x in jax.tree.leaves(state)) == llama2 == 6_478_893_056

@@ -120,10 +120,21 @@ def test_loss_and_grads_equal_single_device(layout, reference):
   jax.tree.map(assert_close, grads, ref_grads)
 
 
+def init_sharded(create, mesh):
+  """A module built directly sharded, as jpeglm.train_state.init_state builds the train state:
+  abstract shapes -> shardings by the logical-axis rules -> init under jit."""
+  with nnx.use_eager_sharding(False):
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
+    shardings = sharding.state_shardings(abstract_state, mesh)
+    with jax.set_mesh(mesh):
+      state = jax.jit(lambda: nnx.split(create())[1], out_shardings=shardings)()
+  return graphdef, state
+
+
 def test_init_sharded_lays_out_params_and_matches_unsharded_init(reference):
   _, params, _, _ = reference
   mesh = sharding.make_mesh(mesh_cfg(2, 2, 2))
-  _, state = sharding.init_sharded(lambda: Transformer(cfg(), nnx.Rngs(0)), mesh)
+  _, state = init_sharded(lambda: Transformer(cfg(), nnx.Rngs(0)), mesh)
   q = state["blocks"]["q_DxNxH"][...]
   assert q.sharding.spec == P(None, "fsdp", "tensor", None)
   assert q.addressable_shards[0].data.shape == (2, 32, 4, 8)
@@ -153,7 +164,7 @@ WORKER = textwrap.dedent("""
     from jpeglm import sharding
     assert jax.device_count() == 8 and jax.local_device_count() == 4
     mesh = sharding.make_mesh(t.mesh_cfg(2, 2, 2))
-    graphdef, params = sharding.init_sharded(lambda: t.Transformer(t.cfg(), nnx.Rngs(0)), mesh)
+    graphdef, params = t.init_sharded(lambda: t.Transformer(t.cfg(), nnx.Rngs(0)), mesh)
     rows = slice(jax.process_index() * t.B // 2, (jax.process_index() + 1) * t.B // 2)
     local = {k: v[rows] for k, v in t.batch().items()}
     data = sharding.global_batch_from_local(local, mesh)

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from jpeglm import model as model_lib, optimizer as opt_lib, sharding
+from jpeglm import batch_spec, model as model_lib, optimizer as opt_lib, sharding
+from jpeglm import train_step
 from jpeglm.cli import main
 from jpeglm.config_io import load_config
 from jpeglm.errors import ConfigError, JpeglmError
@@ -35,11 +36,10 @@ def _fixed_batch(config, seed=0):
   rng = np.random.default_rng(seed)
   shape = (config.train.global_batch, config.data.seq_len)
   tokens = rng.integers(3, config.model.vocab_size, (shape[0], shape[1] + 1)).astype(np.int32)
-  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-          "segment_ids": np.ones(shape, np.int32),
-          "positions": np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape).copy(),
-          "weights": np.ones(shape, np.float32), "target_tokens": np.full(shape[0], shape[1]),
-          "target_bytes": np.full(shape[0], shape[1])}
+  return batch_spec.conform({
+      "inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": np.ones(shape),
+      "positions": np.broadcast_to(np.arange(shape[1]), shape), "weights": np.ones(shape),
+      "target_tokens": np.full(shape[0], shape[1]), "target_bytes": np.full(shape[0], shape[1])})
 
 
 def _step_fn(config, mesh, grad_accum=1):
@@ -48,6 +48,35 @@ def _step_fn(config, mesh, grad_accum=1):
   step = make_train_step(model_lib.make_apply_fn(layout.graphdef, False), optimizer,
                          opt_lib.learning_rate_schedule(config.train), grad_accum=grad_accum)
   return state, jax.jit(step)
+
+
+def test_built_step_equals_the_hand_composed_step_bit_for_bit(tokenizer_path):
+  # The step as the trainer composed it before train_step.build existed: make_train_step,
+  # then jit with the state's and the batch's shardings and donation.
+  config = tiny_config(tokenizer_path, **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2,
+                                          "train.grad_accum": 2})
+  mesh = sharding.make_mesh(config.mesh)
+  built = train_step.build(config, mesh)
+  optimizer = opt_lib.make_optimizer(config.train)
+  state, layout = init_state(config, mesh, optimizer)
+  step_fn = make_train_step(model_lib.make_apply_fn(layout.graphdef, False), optimizer,
+                            opt_lib.learning_rate_schedule(config.train), grad_accum=2,
+                            z_loss=config.train.z_loss)
+  batch = {**_fixed_batch(config, seed=2), "stop": np.zeros(8, np.int32)}
+  shardings = {k: sharding.batch_sharding(mesh, np.ndim(v), np.shape(v)) for k, v in batch.items()}
+  assert shardings == {k: v.sharding for k, v in built.batch.items()}
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+      k: (v.shape, v.dtype) for k, v in built.batch.items()}
+  states = [init_state(config, mesh, optimizer)[0], state]
+  with jax.set_mesh(mesh):
+    by_hand = jax.jit(step_fn, in_shardings=(layout.shardings, shardings),
+                      out_shardings=(layout.shardings, None), donate_argnums=0)
+    for _ in range(2):
+      states[0], m0 = built.step(states[0], sharding.shard_batch(batch, mesh))
+      states[1], m1 = by_hand(states[1], sharding.shard_batch(batch, mesh))
+  for a, b in zip(jax.tree.leaves((states[0], m0)), jax.tree.leaves((states[1], m1))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert float(m0["loss"]) > 0
 
 
 def test_tiny_model_learns_a_repeated_batch(tokenizer_path):

@@ -13,10 +13,9 @@ import math
 
 import jax
 import numpy as np
-from flax import nnx
 
 from jpeglm import model as model_lib
-from jpeglm.train_state import model_factory
+from jpeglm.train_state import abstract_params
 from jpeglm.train_step import make_eval_step
 
 
@@ -41,8 +40,7 @@ def sequence_rows(streams_tokens: list[list[int]], bos: int, eos: int, row_len: 
 def bits_per_byte(config, params: dict, streams: list[bytes], tokenizer,
                   batch_rows: int = 4) -> float:
   """Model bits per codec byte over `streams` (whole files, as the model was trained on)."""
-  with nnx.use_eager_sharding(False):
-    graphdef = nnx.split(nnx.eval_shape(model_factory(config)))[0]
+  graphdef = abstract_params(config).graphdef
   evaluate = jax.jit(make_eval_step(model_lib.make_apply_fn(graphdef, segment_masking=False)))
   inputs, targets, weights = sequence_rows([tokenizer.encode(s) for s in streams],
                                            tokenizer.bos_id, tokenizer.eos_id,

@@ -15,7 +15,6 @@ import ml_collections
 from PIL import Image
 
 from jpeglm import model as model_lib
-from jpeglm import optimizer as opt_lib
 from jpeglm import run_setup, sharding
 from jpeglm.checkpointing import Checkpointer
 from jpeglm.codecs import AvcCodec, JpegCodec, make_codec
@@ -24,7 +23,7 @@ from jpeglm.errors import ConfigError
 from jpeglm.sampling import media
 from jpeglm.sampling.generate import Generation, Generator, SamplingSettings
 from jpeglm.tokenizer import ByteTokenizer
-from jpeglm.train_state import state_layout
+from jpeglm.train_state import abstract_params
 
 
 @dataclasses.dataclass
@@ -39,9 +38,8 @@ class LoadedRun:
 def load_run(workdir: str, config: ml_collections.ConfigDict, step: int | None = None) -> LoadedRun:
   """Parameters (only) of a checkpoint, laid out on this machine's devices, and the tokenizer."""
   mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
-  layout = state_layout(config, mesh, opt_lib.make_optimizer(config.train))
   restored = Checkpointer(os.path.join(workdir, run_setup.CHECKPOINT_DIR)).restore_params(
-      layout.abstract["params"], step)
+      abstract_params(config, mesh).abstract, step)
   tokenizer = ByteTokenizer.load(os.path.join(workdir, run_setup.TOKENIZER_FILE))
   return LoadedRun(config, restored.state, tokenizer, restored.step, mesh)
 
