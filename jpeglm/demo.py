@@ -174,7 +174,11 @@ def main() -> None:
   args = parser.parse_args()
   if args.demo == "digits":
     from jpeglm import demo_digits
-    demo_digits.main(args.out, args.skip_training)
+    from jpeglm.errors import JpeglmError
+    try:
+      demo_digits.main(args.out, args.skip_training)
+    except JpeglmError as e:
+      raise SystemExit(f"demo: {e}") from None
     return
   started = time.perf_counter()
   run_codec_demo(args.out, args.config)

@@ -27,6 +27,7 @@ from data_pipeline import digits as digits_lib
 from data_pipeline import sources
 from jpeglm.codecs import make_codec
 from jpeglm.config_io import load_config
+from jpeglm.errors import JpeglmError
 from jpeglm.tokenizer import ByteTokenizer
 
 CONFIG = "configs/digits.py"
@@ -234,6 +235,9 @@ def main(out: str, skip_training: bool = False) -> dict:
   config = load_config(config_path(), [*TRAINING, f"--config.tokenizer.path={tokenizer}"])
 
   t = time.perf_counter()
+  if skip_training and not os.path.isfile(os.path.join(out, "run", "config.json")):
+    raise JpeglmError(f"--skip-training: no trained run in {out}/run; run the demo without it "
+                      "once")
   trained = {} if skip_training else train(out, config)
   phases["train"] = time.perf_counter() - t
 
