@@ -26,6 +26,8 @@ import threading
 import time
 from typing import Any
 
+from jpeglm.errors import JpeglmError
+
 STARTUP_SECONDS = 120.0  # importing numpy/PIL/PyAV in a fresh process on a busy machine
 _HEADER = struct.Struct("<Q")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,6 +35,11 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 class FileTimeout(Exception):
   pass
+
+
+class HelperUnavailable(JpeglmError):
+  """The helper process could not be started: a fault of the machine, not of a file, so it
+  stops the data pipeline instead of being counted as a skipped file."""
 
 
 def _write(stream, obj: Any) -> None:
@@ -76,9 +83,18 @@ class _Helper:
                             stderr=subprocess.DEVNULL, env=env, cwd=_ROOT)
     proc.stdin.write(_HEADER.pack(len(self._encoder_pickle)) + self._encoder_pickle)
     proc.stdin.flush()
-    if _read(proc.stdout.fileno(), time.monotonic() + STARTUP_SECONDS) != "ready":
-      raise RuntimeError("the file helper did not start")
-    return proc
+    try:
+      if _read(proc.stdout.fileno(), time.monotonic() + STARTUP_SECONDS) == "ready":
+        return proc
+      reason = "it answered something else than ready"
+    except FileTimeout:
+      reason = f"not ready within {STARTUP_SECONDS:g} s"
+    except (OSError, EOFError, pickle.UnpicklingError) as e:
+      reason = f"{type(e).__name__}: {e} (exit code {proc.poll()})"
+    proc.kill()
+    proc.wait()
+    raise HelperUnavailable(f"the data.max_seconds_per_file helper process did not start: "
+                            f"{reason}")
 
   def stop(self) -> None:
     if self._proc is not None:
@@ -89,16 +105,16 @@ class _Helper:
       self._proc = None
 
   def run(self, request: tuple, seconds: float) -> tuple[str, Any]:
+    if self._proc is None or self._proc.poll() is not None:
+      self.stop()
+      self._proc = self._start()
     try:
-      if self._proc is None or self._proc.poll() is not None:
-        self.stop()
-        self._proc = self._start()
       _write(self._proc.stdin, request)
       return _read(self._proc.stdout.fileno(), time.monotonic() + seconds)
     except FileTimeout:
       self.stop()
       return "timeout", None
-    except (OSError, EOFError, pickle.UnpicklingError, RuntimeError) as e:
+    except (OSError, EOFError, pickle.UnpicklingError) as e:
       code = self._proc.poll() if self._proc is not None else None
       self.stop()
       return "error", f"the file helper failed ({e or type(e).__name__}; exit code {code})"

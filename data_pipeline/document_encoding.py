@@ -18,7 +18,7 @@ import numpy as np
 import sentencepiece as spm
 from PIL import Image
 
-from data_pipeline import augment, sources
+from data_pipeline import augment, bounded_encode, sources
 from jpeglm.codecs import CodecError, image_from_bytes, make_codec, open_image, to_rgb
 from jpeglm.tokenizer import ByteTokenizer
 
@@ -112,8 +112,6 @@ class DocumentEncoder:
     return self.codec_bytes(item, name, rng)
 
   def _bounded_codec_bytes(self, item: Any, name: str, stream_index: int) -> bytes:
-    from data_pipeline import bounded_encode
-
     if not hasattr(self, "_settings_pickle"):  # the helper needs no tokenizer and no deadline
       helper_encoder = DocumentEncoder.__new__(DocumentEncoder)
       helper_encoder.__dict__.update({**self.__getstate__(), "tokenizer_model": None,
@@ -149,6 +147,8 @@ class DocumentEncoder:
         data = self._bounded_codec_bytes(item, name, stream_index)
       else:
         data = self.codec_bytes_at(item, name, stream_index)
+    except bounded_encode.HelperUnavailable:
+      raise  # the machine's fault, not this file's: never counted as a skipped input
     except Exception as e:  # noqa: BLE001 - any failure on one file must only skip that file
       reason = str(e).splitlines()[0] if str(e) else type(e).__name__
       return {"error": reason if name in reason else f"{name}: {reason}", "source": name}

@@ -475,3 +475,16 @@ def test_eval_and_tokenizer_commands_take_stream_sources(wds_dir, tmp_path):
   assert cli_main(["tokenizer", "train", "--source", f"wds:{wds_dir}/*.tar", "--num-files", "8",
                    "--vocab-size", "300", "--out", str(out)]) == 0
   assert ByteTokenizer.load(str(out)).vocab_size == 300
+
+
+def test_a_helper_that_cannot_start_stops_the_pipeline_instead_of_skipping(
+    wds_dir, tokenizer, monkeypatch):
+  from data_pipeline import bounded_encode
+
+  monkeypatch.setattr(bounded_encode, "STARTUP_SECONDS", 0.0)
+  config = tiny_config(f"wds:{wds_dir}/*.tar", eval_fraction=0.0)
+  config.seed = 7_250_001  # settings no other test uses: a pool of its own, a fresh helper
+  with pytest.raises(bounded_encode.HelperUnavailable, match="helper process did not start"):
+    pipeline.encoded_documents(config, tokenizer, split="train", process_index=0,
+                               process_count=1, shuffle=False, repeat=False, seed=config.seed
+                               ).dataset.__iter__().__next__()
