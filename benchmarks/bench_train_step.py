@@ -4,7 +4,9 @@ Shape: d 512, 8 layers, 8 heads, MLP 1408, vocabulary 320, sequence 1024, batch 
 `small` config). Ours: the step is one pure jitted function of the state, with donation.
 Theirs: `LlamaForCausalLM` (sdpa attention) and `torch.optim.AdamW`, 2 threads. Both run in
 this process; after their warm-up steps, timed steps alternate (ours, theirs, ours, ...) so
-that load from other processes on a shared machine falls on both; medians are reported.
+that load from other processes on a shared machine falls on both; medians are reported,
+of wall time and of this process's CPU time (user + system, all threads), which moves less
+than wall time when other processes share the cores.
 
   .venv/bin/python benchmarks/bench_train_step.py [--steps 5] [--attention chunked|xla|einsum]
 
@@ -37,18 +39,22 @@ def parse_args():
   return p.parse_args()
 
 
-def timed_alternating(steps_fns: dict, steps: int, warmup: int) -> dict[str, float]:
-  """Median seconds per step of each function; timed steps interleave the functions."""
+def timed_alternating(steps_fns: dict, steps: int, warmup: int
+                      ) -> tuple[dict[str, float], dict[str, float]]:
+  """Median (wall, CPU) seconds per step of each function; timed steps interleave them."""
   for fn in steps_fns.values():
     for _ in range(warmup):
       fn()
-  times = {name: [] for name in steps_fns}
+  wall = {name: [] for name in steps_fns}
+  cpu = {name: [] for name in steps_fns}
   for _ in range(steps):
     for name, fn in steps_fns.items():
-      start = time.perf_counter()
+      start, start_cpu = time.perf_counter(), time.process_time()
       fn()
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
+      wall[name].append(time.perf_counter() - start)
+      cpu[name].append(time.process_time() - start_cpu)
+  return ({name: statistics.median(t) for name, t in wall.items()},
+          {name: statistics.median(t) for name, t in cpu.items()})
 
 
 def jax_step(args):
@@ -134,18 +140,20 @@ def main() -> None:
     fns["ours"] = jax_step(args)
   if not args.skip_torch:
     fns["theirs"] = torch_step(args)
-  medians = timed_alternating(fns, args.steps, args.warmup)
+  medians, cpu = timed_alternating(fns, args.steps, args.warmup)
   for fn in fns.values():
     fn.report()
   ours, theirs = medians.get("ours"), medians.get("theirs")
   if ours is not None:
     print(f"ours (jax, attention={args.attention}, scan={not args.no_scan}, remat={args.remat}): "
-          f"{ours * 1e3:8.1f} ms/step  {tokens / ours:8.0f} tokens/s")
+          f"{ours * 1e3:8.1f} ms/step  {tokens / ours:8.0f} tokens/s  "
+          f"cpu {cpu['ours']:6.2f} s/step")
   if theirs is not None:
     print(f"pytorch (transformers LlamaForCausalLM, sdpa): "
-          f"{theirs * 1e3:8.1f} ms/step  {tokens / theirs:8.0f} tokens/s")
+          f"{theirs * 1e3:8.1f} ms/step  {tokens / theirs:8.0f} tokens/s  "
+          f"cpu {cpu['theirs']:6.2f} s/step")
   if ours is not None and theirs is not None:
-    print(f"ratio ours/pytorch: {ours / theirs:.3f}")
+    print(f"ratio ours/pytorch: {ours / theirs:.3f} (wall), {cpu['ours'] / cpu['theirs']:.3f} (cpu)")
 
 
 if __name__ == "__main__":
