@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from data_pipeline import host_batches, pipeline
 from jpeglm import checkpointing, flops, model as model_lib, multihost
-from jpeglm import faults as faults_lib, run_setup, sharding, train_step
+from jpeglm import faults as faults_lib, goodput as goodput_lib, run_setup, sharding, train_step
 from jpeglm.errors import JpeglmError
 from jpeglm.metrics_log import MetricsLog
 from jpeglm.train_samples import TrainSamples
@@ -85,24 +85,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es)")
 
   metrics_log = MetricsLog(workdir, enabled=is_main)
+  goodput = goodput_lib.Goodput(workdir, started, start_step, train.steps, enabled=is_main)
   samples = TrainSamples(config, workdir, tokenizer, metrics_log, mesh)  # train.sample_every
   stop = _Stop()
   feed = _Feed(config, batches, built, tokenizer.eos_id, stop, started)
   window = _MetricsWindow(config, feed, stop, metrics_log, is_main, start_step)
-  saves = _Saves(config, workdir, checkpointer, metrics_log, start_step)
-  evaluate = _Evaluator(config, tokenizer, built, mesh, metrics_log)
+  saves = _Saves(config, workdir, checkpointer, metrics_log, goodput, start_step)
+  evaluate = _Evaluator(config, tokenizer, built, mesh, metrics_log, goodput)
   faults = faults_lib.Faults(jax.process_index())
   step = start_step
   try:
     # The steps trace (and run) with the mesh set, so the model's sharding constraints apply.
     with jax.set_mesh(mesh):
       while step < train.steps and not stop.code:
-        local = faults.batch(step + 1, feed.next_rows(step + 1))
+        with goodput.timed("data_wait"):
+          local = faults.batch(step + 1, feed.next_rows(step + 1))
         local["stop"] = np.maximum(local["stop"], checkpointer.stop_code())  # a failed write
         state, device_metrics = built.step(state, sharding.global_batch_from_local(local, mesh))
         step += 1
         feed.dispatched(step)
         window.dispatched(step, device_metrics)  # reads the step before's metrics
+        goodput.dispatched(step)
         checkpointer.check()  # a failed background write stops the run now, not at the next save
         if not stop.code and (step % train.checkpoint_every == 0 or step == train.steps):
           window.flush()
@@ -111,7 +114,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if not stop.code and train.eval_every and step % train.eval_every == 0:
           evaluate(step, state["params"])
         if not stop.code:
-          samples(step, state["params"])  # grids every train.sample_every steps
+          with goodput.timed("evaluation"):  # sample grids count as evaluation time
+            samples(step, state["params"])  # grids every train.sample_every steps
         faults.at_step(step, checkpointer.wait)
       window.flush()
       if stop.code == preemption_lib.STOP_CHECKPOINT_FAILED:  # on some process: nothing more saved
@@ -132,12 +136,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         saved = (f"saved step {last_good}" if not had else
                  f"step {last_good} was already saved" if last_good else "nothing to save")
         message = stop.describe(train, checkpointer.directory, saved)
-        checkpointer.wait()
+        with goodput.timed("checkpoint_blocking"):
+          checkpointer.wait()
         if stop.code >= preemption_lib.STOP_DATA_FAILED:
+          _report_goodput(goodput, metrics_log, step, is_main)
           raise JpeglmError(message)
         if is_main:
           print(f"\n{message}")
-      checkpointer.wait()
+      with goodput.timed("checkpoint_blocking"):
+        checkpointer.wait()
+      _report_goodput(goodput, metrics_log, step, is_main)
   finally:
     window.close()
     checkpointer.close()
@@ -292,8 +300,9 @@ class _Saves:
   """Checkpoint saves: each step at most once, with the data state merged over processes."""
 
   def __init__(self, config, workdir: str, checkpointer: checkpointing.Checkpointer,
-               metrics_log: MetricsLog, saved_at: int):
+               metrics_log: MetricsLog, goodput: goodput_lib.Goodput, saved_at: int):
     self.config, self.checkpointer, self.metrics_log = config, checkpointer, metrics_log
+    self.goodput = goodput
     self.tokenizer_path = os.path.join(workdir, run_setup.TOKENIZER_FILE)
     self.saved_at = saved_at
 
@@ -302,11 +311,12 @@ class _Saves:
       return  # already saved at this step (a checkpoint step that is also a stop)
     self.saved_at = step
     began = time.perf_counter()
-    merged = {"shards": {}}
-    for part in multihost.merge_json(data_state):
-      merged["shards"].update(part["shards"])
-    self.checkpointer.save(step, state, merged,
-                           _checkpoint_meta(self.config, self.tokenizer_path, step))
+    with self.goodput.timed("checkpoint_blocking"):
+      merged = {"shards": {}}
+      for part in multihost.merge_json(data_state):
+        merged["shards"].update(part["shards"])
+      self.checkpointer.save(step, state, merged,
+                             _checkpoint_meta(self.config, self.tokenizer_path, step))
     # Only this part blocks training; Orbax writes the files in the background meanwhile.
     self.metrics_log.write(step, {"checkpoint_blocking_seconds": time.perf_counter() - began})
 
@@ -316,12 +326,18 @@ class _Evaluator:
   identical rows on each process leave the mean unchanged, and no split is ever too small
   for the process count."""
 
-  def __init__(self, config, tokenizer, built: train_step.TrainStep, mesh, metrics_log):
+  def __init__(self, config, tokenizer, built: train_step.TrainStep, mesh, metrics_log,
+               goodput: goodput_lib.Goodput):
     self.config = ml_collections.ConfigDict(config.to_dict())
     self.config.train.global_batch = config.train.global_batch // jax.process_count()
     self.tokenizer, self.built, self.mesh, self.metrics_log = tokenizer, built, mesh, metrics_log
+    self.goodput = goodput
 
   def __call__(self, step: int, params) -> dict:
+    with self.goodput.timed("evaluation"):
+      return self._evaluate(step, params)
+
+  def _evaluate(self, step: int, params) -> dict:
     sums = {"nll": 0.0, "tokens": 0.0, "bytes": 0.0}
     with pipeline.make_eval_iterator(self.config, self.tokenizer, process_index=0,
                                      process_count=1) as eval_batches:
@@ -334,6 +350,16 @@ class _Evaluator:
               "eval_bits_per_byte": sums["nll"] / LN2 / max(sums["bytes"], 1.0)}
     self.metrics_log.write(step, result)
     return result
+
+
+def _report_goodput(goodput: goodput_lib.Goodput, metrics_log: MetricsLog, step: int,
+                    is_main: bool) -> None:
+  """The `goodput ...` line (where this attempt's time went, and the workdir's over all
+  attempts), also in metrics.jsonl as goodput/* keys."""
+  summary = goodput.finish()
+  metrics_log.write(step, summary, prefix="goodput/")
+  if is_main:
+    print(goodput_lib.line(summary))
 
 
 class _Stop:

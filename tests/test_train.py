@@ -1,6 +1,7 @@
 """`jpeglm train`: learning, exact resume after kill -9, multi-process equality, mesh
 changes on restore, damaged checkpoints, preemption, and clear errors before compute."""
 
+import json
 import os
 import re
 import shutil
@@ -11,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jpeglm import batch_spec, model as model_lib, optimizer as opt_lib, sharding
+from jpeglm import batch_spec, goodput, model as model_lib, optimizer as opt_lib, sharding
 from jpeglm import train_step
 from jpeglm.cli import main
 from jpeglm.config_io import load_config
@@ -137,8 +138,33 @@ def test_resume_after_kill_matches_uninterrupted(tokenizer_path, tmp_path, strai
   result = _run_with_fault(killed, overrides, "sigkill@4")
   assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
   assert sorted(losses(killed)) == [1, 2, 3]  # step 3 is read once step 4 is queued
-  run_train(killed, overrides)
+  rerun = run_train(killed, overrides)
   assert losses(killed) == straight
+  # Goodput: the killed attempt left its record (last dispatched step 4); the resumed one
+  # redid the steps past the checkpoint it resumed from and counts them lost, and the
+  # workdir sums both attempts. Checkpoint 3 is written in the background: the kill may
+  # land before it is complete, and the rerun then starts over.
+  resumed = int(re.search(r"(?:resuming|starting) from step (\d+)", rerun.stdout)[1])
+  assert resumed in (0, 3), rerun.stdout[-2000:]
+  lost = 4 - resumed
+  first, second = goodput.read_attempts(killed)
+  assert (first["last_step"], first["finished"]) == (4, False)
+  assert (second["start_step"], second["last_step"], second["lost_steps"]) == (
+      resumed, STEPS, lost)
+  for attempt in (first, second):
+    assert all(v >= 0 for v in attempt["seconds"].values())
+    assert sum(attempt["seconds"].values()) <= attempt["wall_seconds"]
+  assert second["seconds"]["lost_to_restarts"] > 0 and second["seconds"]["training_steps"] > 0
+  assert second["seconds"]["startup_and_compile"] > 0
+  line = [x for x in rerun.stdout.splitlines() if x.startswith("goodput ")]
+  assert len(line) == 1 and f"({lost} steps redone); workdir total over 2 attempt(s)" in line[0], \
+      rerun.stdout[-2000:]
+  with open(os.path.join(killed, "metrics.jsonl")) as f:
+    logged = [r for r in map(json.loads, f) if "goodput/attempts" in r]
+  assert len(logged) == 1 and logged[0]["step"] == STEPS
+  assert (logged[0]["goodput/attempts"], logged[0]["goodput/total_lost_steps"]) == (2, lost)
+  assert logged[0]["goodput/total_wall_seconds"] == pytest.approx(
+      first["wall_seconds"] + second["wall_seconds"])
 
 
 def test_dead_data_worker_saves_the_last_good_step(tokenizer_path, tmp_path, straight):
