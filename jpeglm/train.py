@@ -11,6 +11,9 @@ of time, or no data: see jpeglm.preemption), and all learn the maximum from the 
 metrics, so all save the same step. A data failure or a non-finite loss (on_nonfinite=stop)
 leaves the state unchanged from that step on; the last good step is saved and the run ends
 with a one-line error. A failed checkpoint write ends it too, naming the step and path.
+
+Where the wall time went (startup and compile, steps, data wait, checkpoints, evaluation,
+steps redone after a restart) is printed as one `goodput` line at the end: jpeglm.goodput.
 """
 
 from __future__ import annotations

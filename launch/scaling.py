@@ -116,8 +116,9 @@ def plot(results: dict[str, list[dict]], path: str, title: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  overrides = [a for a in argv if a.startswith("--config.")]
-  rest = [a for a in argv if not a.startswith("--config.") and a != "--"]
+  from jpeglm.config_io import split_overrides
+
+  overrides, rest = split_overrides([a for a in argv if a != "--"])
   if "--predict" in rest:
     sys.path.insert(0, REPO)
     from launch import scaling_predict

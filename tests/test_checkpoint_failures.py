@@ -9,14 +9,9 @@ import subprocess
 import pytest
 
 from tests.train_helpers import (env_with_devices, free_port, losses, tiny_overrides,
-                                 train_command, train_tiny_tokenizer)
+                                 train_command)
 
 HANG_SECONDS = 400  # a deadlock fails here instead of stalling the suite
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-  return train_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
 
 
 def _two_processes(workdir, overrides, env=None) -> list[subprocess.CompletedProcess]:

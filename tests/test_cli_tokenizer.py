@@ -11,8 +11,8 @@ import pytest
 from data_pipeline.media_files import builtin_photos
 from jpeglm.cli import main
 from jpeglm.tokenizer import ByteTokenizer
+from tests.train_helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_train_on_builtin_photos_then_inspect(tmp_path, capsys):

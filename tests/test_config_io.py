@@ -6,9 +6,9 @@ import pytest
 
 from jpeglm.config_io import apply_overrides, load_config, read_config, save_config
 from jpeglm.errors import ConfigError
+from tests.train_helpers import REPO
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      "jpeglm.py")
+CONFIG = os.path.join(REPO, "configs", "jpeglm.py")
 
 
 def test_variants_by_argument():

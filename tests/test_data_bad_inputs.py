@@ -13,9 +13,8 @@ from data_pipeline import pipeline, prepare, tokenizer_training
 from data_pipeline.bad_inputs import BadInputsError
 from data_pipeline.media_files import builtin_photos
 from jpeglm.config_io import load_config
+from tests.train_helpers import CONFIG
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "jpeglm.py") + ":size=tiny"
 BAD = ("corrupt.jpg", "truncated.jpg", "empty.png", "not_an_image.png", "bomb.png",
        "truncated.png")
 

@@ -1,7 +1,6 @@
 """The training iterator on the built-in photos: shapes, determinism, packing, resume, sharding."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -9,9 +8,8 @@ import pytest
 from data_pipeline import pipeline, tokenizer_training
 from jpeglm.config_io import load_config
 from jpeglm.errors import JpeglmError
+from tests.train_helpers import CONFIG
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "jpeglm.py") + ":size=tiny"
 
 
 def tiny_config(**data):

@@ -14,9 +14,8 @@ from jpeglm.codecs import JpegCodec, open_image
 from jpeglm.config_io import load_config
 from jpeglm.errors import JpeglmError
 from jpeglm.tokenizer import ByteTokenizer
+from tests.train_helpers import CONFIG
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "jpeglm.py") + ":size=tiny"
 
 
 def tiny_config(**data):

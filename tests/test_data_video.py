@@ -1,16 +1,14 @@
 """builtin:videos through the pipeline: frames -> AvcCodec (H.264 Annex-B) -> tokens -> rows."""
 
-import os
-
 import numpy as np
 import pytest
 
 from data_pipeline import pipeline, tokenizer_training
 from jpeglm.codecs import AvcCodec
 from jpeglm.config_io import load_config
+from tests.train_helpers import CONFIG as TINY
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "jpeglm.py") + ":size=tiny,codec=avc"
+CONFIG = f"{TINY},codec=avc"
 
 
 @pytest.fixture(scope="module")

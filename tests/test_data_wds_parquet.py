@@ -25,7 +25,7 @@ from data_pipeline.media_files import builtin_photos, builtin_videos
 from jpeglm.config_io import load_config
 from jpeglm.errors import JpeglmError
 from jpeglm.tokenizer import ByteTokenizer
-from tests.train_helpers import CONFIG, train_tiny_tokenizer
+from tests.train_helpers import CONFIG
 
 PHOTOS_PER_SHARD = 4
 
@@ -101,11 +101,6 @@ def parquet_dir(tmp_path_factory, photo_bytes):
         f.seek(chunk.data_page_offset)
         f.write(b"\xff" * 24)
   return folder
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-  return train_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 
 from data_pipeline.media_files import builtin_photos
 from jpeglm.cli import main
-from jpeglm.codecs import JpegCodec, make_codec, open_image
-from jpeglm.config_io import load_config, read_config
+from jpeglm.codecs import make_codec, open_image
+from jpeglm.config_io import read_config
 from jpeglm.errors import JpeglmError
 from jpeglm.evaluation.bits_per_byte import bits_per_byte, sequence_rows
 from jpeglm.evaluation.protocol import sampled_bytes, pick_images
@@ -21,8 +21,6 @@ from jpeglm.model import ModelConfig
 from jpeglm.sampling import kv_cache
 from jpeglm.sampling.run import load_run
 from jpeglm.tokenizer import ByteTokenizer
-from jpeglm.train import train_and_evaluate
-from tests.train_helpers import CONFIG, tiny_overrides
 
 
 def test_sequence_rows_cut_bos_tokens_eos_into_next_token_rows():
@@ -43,9 +41,8 @@ def test_pick_images_is_a_fixed_random_subset():
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-  streams = [JpegCodec(size=64).encode(open_image(p)) for p in builtin_photos()]
-  return ByteTokenizer.train(streams, 320, tmp_path_factory.mktemp("tok") / "t.model")
+def tokenizer(tokenizer_path):
+  return ByteTokenizer.load(tokenizer_path)
 
 
 def test_a_sample_with_a_token_that_is_no_bytes_is_cut_there_and_invalid(tokenizer):
@@ -56,14 +53,6 @@ def test_a_sample_with_a_token_that_is_no_bytes_is_cut_there_and_invalid(tokeniz
   for stray in (tokenizer.unk_id, tokenizer.bos_id):
     assert sampled_bytes(tokenizer, prompt, [*tail, stray, *tail]) == (
         b"\xff\xd8\x01\x02\x03\x04", False)
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tokenizer):
-  workdir = str(tmp_path_factory.mktemp("run"))
-  config = load_config(CONFIG, tiny_overrides(tokenizer.path, steps=2, **{"model.max_len": 1024}))
-  train_and_evaluate(config, workdir)
-  return workdir
 
 
 def test_bits_per_byte_equals_a_direct_forward_pass(trained_run):

@@ -8,13 +8,11 @@ import subprocess
 import sys
 import tomllib
 
-import pytest
 from packaging.specifiers import SpecifierSet
 
 from jpeglm import distributed
 from tests.launch_helpers import CONFIG_7B, FAKES, commands, launch, train_tail
-from tests.train_helpers import (CONFIG, REPO, env_with_devices, tiny_overrides,
-                                 train_tiny_tokenizer)
+from tests.train_helpers import CONFIG, REPO, env_with_devices, tiny_overrides
 
 sys.path.insert(0, REPO)
 from launch import tpu_slice  # noqa: E402
@@ -166,11 +164,6 @@ def test_train_stops_before_any_compute_when_the_device_count_differs(tmp_path):
   assert len(err) == 1 and err[0].startswith("jpeglm: error: JAX sees 2 device(s)")
   assert "launched for 3" in err[0]
   assert not workdir.exists()  # nothing was written: the check comes before any compute
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-  return train_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
 
 
 def test_local_two_processes_train_end_to_end(tokenizer_path, tmp_path):

@@ -8,12 +8,7 @@ import numpy as np
 import pytest
 
 from tests.train_helpers import (env_with_devices, losses, run_train, tiny_overrides,
-                                 train_command, train_tiny_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-  return train_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
+                                 train_command)
 
 
 # Slow: three training runs. `make test` covers the hybrid mesh's loss and gradients in

@@ -22,14 +22,12 @@ from jpeglm import sharding
 from jpeglm.codecs.jpeg_grammar import JpegGrammar
 from jpeglm.decoding import CHUNK
 from jpeglm.errors import ConfigError
-from jpeglm.config_io import load_config, read_config
+from jpeglm.config_io import read_config
 from jpeglm.model import ModelConfig, Transformer
 from jpeglm.sampling import kv_cache
 from jpeglm.sampling.generate import Generator, SamplingSettings, prefill_length
 from jpeglm.sampling.run import sample_from_workdir
 from jpeglm.tokenizer import ByteTokenizer
-from jpeglm.train import train_and_evaluate
-from tests.train_helpers import CONFIG, tiny_overrides
 
 CODEC = JpegCodec(size=64)
 
@@ -46,9 +44,8 @@ cached_forward = jax.jit(kv_cache.forward, static_argnames=("cfg",))
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-  streams = [CODEC.encode(open_image(p)) for p in builtin_photos()]
-  return ByteTokenizer.train(streams, 320, tmp_path_factory.mktemp("tok") / "t.model")
+def tokenizer(tokenizer_path):
+  return ByteTokenizer.load(tokenizer_path)
 
 
 PREFILL, DECODE = 256, 6  # a prefill the chunked kernel tiles; decode steps read 2 cache chunks
@@ -176,15 +173,6 @@ def test_syntax_safe_untrained_model_always_decodes(tokenizer):
     assert g.ended_with_eos
     decoded = CODEC.decode(tokenizer.decode(g.tokens))
     assert decoded.complete, decoded.reason
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tokenizer):
-  workdir = str(tmp_path_factory.mktemp("run"))
-  # Trained on short rows, sampled with room for a whole 64x64 image.
-  config = load_config(CONFIG, tiny_overrides(tokenizer.path, steps=2, **{"model.max_len": 1024}))
-  train_and_evaluate(config, workdir)
-  return workdir
 
 
 def test_sample_command_writes_completions(trained_run, tmp_path):

@@ -9,12 +9,7 @@ import sys
 
 import pytest
 
-from tests.train_helpers import CONFIG, REPO, train_tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-  return train_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
+from tests.train_helpers import CONFIG, REPO
 
 
 def test_scaling_harness_weak_and_strong(tokenizer_path, tmp_path):
@@ -80,6 +75,7 @@ def test_predicted_scaling_from_tpu_compiles(tmp_path):
     assert float(r["tokens_per_s_per_chip"]) == pytest.approx(
         tokens / float(r["step_seconds"]) / chips, rel=1e-6)
     assert 0 < float(r["mfu_ceiling"]) <= 1.0
+    assert float(r["step_seconds_no_overlap"]) >= float(r["step_seconds"])
     assert f"--config.train.grad_accum={r['grad_accum']}" in r["flags"]
   assert float(key[("strong", 4)]["efficiency"]) == 1.0
   assert float(key[("weak", 4)]["efficiency"]) == 1.0

@@ -21,12 +21,7 @@ from jpeglm.train import train_and_evaluate
 from jpeglm.train_state import init_state
 from jpeglm.train_step import make_train_step
 from tests.train_helpers import (CONFIG, env_with_devices, free_port, losses, run_train,
-                                 tiny_overrides, train_command, train_tiny_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-  return train_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
+                                 tiny_overrides, train_command)
 
 
 def tiny_config(tokenizer_path, **extra):

@@ -1,5 +1,6 @@
-"""Shared pieces of the training tests: a tiny run config and running `jpeglm train` in
-subprocesses with a chosen number of fake CPU devices."""
+"""Shared pieces of the tests: the repository and tiny config paths, the tiny run's overrides
+and tokenizer, and running `jpeglm train` in subprocesses with a chosen number of fake CPU
+devices. Shared fixtures (`tokenizer_path`, `trained_run`) are in tests/conftest.py."""
 
 from __future__ import annotations
 
