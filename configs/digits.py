@@ -5,8 +5,9 @@ paper encodes images (quality 25, a restart marker after every MCU, tables strip
 one component (`codec.color="gray"`): ~207 bytes a digit, ~125 tokens with the paper's byte
 BPE at vocabulary 320. The context (256) holds about two digits; 20% of the digits (the same
 share of each class) are held out and never trained on. The default model (d 128, 4 layers,
-0.8M parameters) is the one `make demo` trains for two minutes on two CPU cores: on a busy
-machine (load ~10) it ran ~1.3 s a step, the 3.2M `model=large` ~3.5 s.
+0.9M parameters) is the one `make demo` trains for ~150 s on two CPU cores, fitting
+train.steps to the machine (jpeglm.demo_digits): ~0.2 s a step on a quiet machine, ~0.4-0.6 s
+at load 5-10; the 3.2M `model=large` ~3x longer. 600 steps is the config's own default.
 
   jpeglm train --config configs/digits.py --workdir /tmp/digits
   jpeglm sample --workdir /tmp/digits --config.sample.syntax_safe=True --num-samples 16
@@ -59,7 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.steps = 600
   c.train.global_batch = 16
   c.train.lr = 3e-3
-  c.train.warmup_steps = 30
+  c.train.warmup_steps = 20
   c.train.weight_decay = 0.1
   c.train.log_every = 10
   c.train.eval_every = 200

@@ -64,3 +64,27 @@ def test_digits_feed_images_only():
     sources.open_source(digits.SPEC, "video")
   with pytest.raises(JpeglmError, match="builtin:digits"):
     sources.open_source("builtin:letters", "image")
+
+
+def test_demo_fits_its_steps_to_the_time_budget():
+  from jpeglm import demo_digits
+  from jpeglm.optimizer import learning_rate_schedule
+
+  # 120 s left, 10 s of it a restart, 2 steps/s: 220 steps, 15% more, after a 21-step warm-up.
+  steps = demo_digits.fit_steps(120.0, 2.0, 21, 10.0)
+  assert steps == 21 + int(110 * 2.0 * demo_digits.OVERFILL)
+  # A machine too slow for the budget still trains a few steps past the warm-up.
+  assert demo_digits.fit_steps(5.0, 0.5, 21, 10.0) == 31
+  # The warm-up run alone (warmup + 1 steps) follows the fitted run's learning rates, and a
+  # run stopped by the time budget 15% short of the fitted steps is within 5% of the end.
+  config = load_config(CONFIG)
+  warmup = config.train.warmup_steps
+  alone = config.train.copy_and_resolve_references()
+  alone.steps = warmup + 1
+  full = config.train.copy_and_resolve_references()
+  full.steps = steps
+  for step in range(warmup + 1):
+    assert float(learning_rate_schedule(alone)(step)) == float(learning_rate_schedule(full)(step))
+  peak, end = config.train.lr, config.train.lr * 0.1
+  at_stop = float(learning_rate_schedule(full)(int(steps / demo_digits.OVERFILL)))
+  assert at_stop - end < 0.05 * (peak - end)
