@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from data_pipeline.media_files import builtin_photos
 from jpeglm.codecs import JpegCodec, make_codec, open_image
 from jpeglm.config_io import load_config
+from jpeglm.loss_curve import plot_losses
 from jpeglm.tokenizer import ByteTokenizer
 from data_pipeline.tokenizer_training import codec_streams
 
@@ -105,29 +106,6 @@ DEMO_TRAINING = ("--config.train.steps=300", "--config.train.lr=3e-3",
                  "--config.train.eval_every=100", "--config.train.checkpoint_every=100")
 
 
-def plot_losses(workdir: str, path: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  from jpeglm.metrics_log import read_metrics
-
-  rows = read_metrics(workdir)
-  train = {r["step"]: r["bits_per_byte"] for r in rows if "bits_per_byte" in r}
-  held_out = {r["step"]: r["eval_bits_per_byte"] for r in rows if "eval_bits_per_byte" in r}
-  fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-  ax.plot(sorted(train), [train[s] for s in sorted(train)], label="train")
-  ax.plot(sorted(held_out), [held_out[s] for s in sorted(held_out)], "o-", label="held out")
-  ax.set_xlabel("step")
-  ax.set_ylabel("bits per JPEG byte")
-  ax.set_title("tiny JPEG-LM on built-in photos (64x64, q25)")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-
-
 def run_training_demo(out: str, config_spec: str) -> dict:
   from jpeglm.train import train_and_evaluate
 
@@ -139,7 +117,7 @@ def run_training_demo(out: str, config_spec: str) -> dict:
   start = time.perf_counter()
   result = train_and_evaluate(config, workdir)
   curve = os.path.join(out, "loss_curve.png")
-  plot_losses(workdir, curve)
+  plot_losses(workdir, curve, "tiny JPEG-LM on built-in photos (64x64, q25)")
   print(f"[train] {time.perf_counter() - start:.0f}s; wrote {curve}")
   return result
 

@@ -29,6 +29,7 @@ from data_pipeline import digits as digits_lib
 from data_pipeline import sources
 from jpeglm.codecs import make_codec
 from jpeglm.config_io import load_config
+from jpeglm.loss_curve import plot_losses
 from jpeglm.errors import JpeglmError
 from jpeglm.tokenizer import ByteTokenizer
 
@@ -122,29 +123,6 @@ def prepare_data(out: str, config, splits: Splits) -> str:
   return os.path.abspath(path)
 
 
-def plot_losses(workdir: str, path: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  from jpeglm.metrics_log import read_metrics
-
-  rows = read_metrics(workdir)
-  train = {r["step"]: r["bits_per_byte"] for r in rows if "bits_per_byte" in r}
-  held_out = {r["step"]: r["eval_bits_per_byte"] for r in rows if "eval_bits_per_byte" in r}
-  fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-  ax.plot(sorted(train), [train[s] for s in sorted(train)], label="train")
-  ax.plot(sorted(held_out), [held_out[s] for s in sorted(held_out)], "o-", label="held out")
-  ax.set_xlabel("step")
-  ax.set_ylabel("bits per JPEG byte")
-  ax.set_title("JPEG-LM on MNIST digits (28x28 gray, q25)")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-
-
 def _compile_cache(out: str) -> None:
   """The second part of the run (and a rerun) loads its compiled step from disk."""
   import jax
@@ -200,7 +178,8 @@ def train(out: str, config) -> dict:
   config.train.time_budget_minutes = max(TRAIN_SECONDS - (time.perf_counter() - began),
                                          30.0) / 60.0
   train_and_evaluate(config, workdir)
-  plot_losses(workdir, os.path.join(out, "loss_curve.png"))
+  plot_losses(workdir, os.path.join(out, "loss_curve.png"),
+              "JPEG-LM on MNIST digits (28x28 gray, q25)")
   rows = read_metrics(workdir)
   evals = [r for r in rows if "eval_bits_per_byte" in r]
   return {"first_eval": evals[0] if evals else {}, "last_eval": evals[-1] if evals else {},

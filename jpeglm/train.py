@@ -78,12 +78,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       os.path.join(workdir, run_setup.CHECKPOINT_DIR), keep=train.keep_checkpoints)
   checkpointer.check_writable()
   built = train_step.build(config, mesh)
-  state, start_step, data_state = _restore_or_init(config, mesh, built, checkpointer)
+  state, start_step, data_state, resumed = _restore_or_init(config, mesh, built, checkpointer)
   batches = _train_iterator(config, tokenizer)
   if data_state is not None:
     batches.set_state(data_state)
   if is_main:
-    print(("resuming from step %d" % start_step) if start_step else "starting from step 0",
+    # An imported checkpoint (jpeglm import) resumes from step 0.
+    print(("resuming from step %d" % start_step) if resumed else "starting from step 0",
           f"in {workdir}: {sum(x.size for x in jax.tree.leaves(state['params'])):,} parameters, "
           f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es)")
 
@@ -159,16 +160,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _restore_or_init(config, mesh, built: train_step.TrainStep,
-                     checkpointer: checkpointing.Checkpointer) -> tuple[dict, int, dict | None]:
-  """(state, step, data iterator state) of the latest checkpoint, or a fresh state."""
+                     checkpointer: checkpointing.Checkpointer
+                     ) -> tuple[dict, int, dict | None, bool]:
+  """(state, step, data iterator state, restored?) of the latest checkpoint, or a fresh
+  state."""
   def same_model(meta: dict) -> None:
     run_setup.check_same_model(ml_collections.ConfigDict(meta["config"]), config,
                                f"{checkpointer.directory} (step {meta.get('step')})")
 
   restored = checkpointer.restore(built.layout.abstract, check_meta=same_model)
   if restored is None:
-    return init_state(config, mesh, built.optimizer)[0], 0, None
-  return restored.state, restored.step, restored.data
+    return init_state(config, mesh, built.optimizer)[0], 0, None, False
+  return restored.state, restored.step, restored.data, True
 
 
 class _Feed:

@@ -60,8 +60,12 @@ def test_splash_equals_einsum_forward_and_gradients(segments):
   assert not np.allclose(moved[0], want[0])
 
 
-@pytest.mark.parametrize("kv_heads,chunk", [(N, 128), (2, 96)], ids=["mha", "gqa-ragged"])
-@pytest.mark.parametrize("segments", [False, True], ids=["causal", "segments"])
+# The hardest case (documents, grouped-query heads, a ragged last block) in `make test`; the
+# rest with the slow tests (about 15 s each on 2 cores).
+@pytest.mark.parametrize("kv_heads,chunk", [pytest.param(N, 128, marks=pytest.mark.slow),
+                                            (2, 96)], ids=["mha", "gqa-ragged"])
+@pytest.mark.parametrize("segments", [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=["causal", "segments"])
 def test_chunked_equals_einsum_forward_and_gradients(segments, kv_heads, chunk):
   """The blockwise kernel (its own backward pass, from the saved log-sum-exp) against the
   reference, with grouped-query heads and a last block shorter than the others."""
