@@ -219,15 +219,16 @@ def _save_grid(images: list[Image.Image | None], captions: list[str], per_row: i
 def sample_and_score(out: str, config, splits: Splits, scorer: DigitScorer) -> dict:
   from jpeglm.config_io import read_config
   from jpeglm.sampling.run import load_run
-  from jpeglm.train_samples import decode_generations, make_generator
+  from jpeglm.sampling.run import build_generator
+  from jpeglm.train_samples import decode_generations
 
   workdir = os.path.join(out, "run")
   run = load_run(workdir, read_config(os.path.join(workdir, "config.json")))
   codec = make_codec(config.codec)
   tok = run.tokenizer
   results = {"step": run.step}
-  safe = make_generator(run.params, config, tok, codec, syntax_safe=True, mesh=run.mesh)
-  free = make_generator(run.params, config, tok, codec, syntax_safe=False, mesh=run.mesh)
+  safe = build_generator(run.params, config, tok, codec, syntax_safe=True, mesh=run.mesh)
+  free = build_generator(run.params, config, tok, codec, syntax_safe=False, mesh=run.mesh)
   cuts = [codec.prefix(codec.encode(splits.images[i]), PROMPT_RATIO) for i in splits.prompts]
   jobs = (("unconditional_syntax_safe", safe, [[tok.bos_id]] * NUM_UNCONDITIONAL),
           ("unconditional_free", free, [[tok.bos_id]] * NUM_FREE),

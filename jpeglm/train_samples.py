@@ -22,13 +22,11 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from jpeglm import model as model_lib
 from jpeglm.codecs import JpegCodec, make_codec
-from jpeglm.codecs.jpeg_grammar import JpegGrammar
 from jpeglm.errors import ConfigError
 from jpeglm.metrics_log import MetricsLog
 from jpeglm.sampling import media
-from jpeglm.sampling.generate import Generator, SamplingSettings
+from jpeglm.sampling.run import build_generator
 from jpeglm.tokenizer import ByteTokenizer
 
 NUM_UNCONDITIONAL = 8
@@ -56,19 +54,6 @@ def held_out_streams(config: ml_collections.ConfigDict, count: int) -> list[byte
         used.add(i)
         break
   return streams
-
-
-def make_generator(params, config: ml_collections.ConfigDict, tokenizer: ByteTokenizer,
-                   codec: JpegCodec, syntax_safe: bool, mesh=None) -> Generator:
-  """A sampler over `params` with the config's sampling settings; syntax-safe or free."""
-  s = config.sample
-  grammar = JpegGrammar(codec) if syntax_safe else None
-  pieces = [tokenizer.piece_bytes(i) for i in range(tokenizer.vocab_size)] if syntax_safe else None
-  return Generator(params, model_lib.ModelConfig.from_config(config.model), tokenizer.eos_id,
-                   config.model.max_len,
-                   SamplingSettings(float(s.temperature), int(s.top_k), float(s.top_p)),
-                   grammar=grammar, pieces=pieces, banned=(tokenizer.unk_id, tokenizer.bos_id),
-                   mesh=mesh)
 
 
 def decode_generations(codec: JpegCodec, tokenizer: ByteTokenizer, generations
@@ -104,8 +89,8 @@ class TrainSamples:
 
   def _setup(self, params) -> None:
     if self._generator is None:
-      self._generator = make_generator(params, self.config, self.tokenizer, self.codec,
-                                       syntax_safe=True, mesh=self.mesh)
+      self._generator = build_generator(params, self.config, self.tokenizer, self.codec,
+                                        syntax_safe=True, mesh=self.mesh)
       self._prompts = [(s, self.codec.prefix(s, PROMPT_RATIO))
                        for s in held_out_streams(self.config, NUM_PROMPTS)]
     self._generator.params = params

@@ -44,19 +44,26 @@ def load_run(workdir: str, config: ml_collections.ConfigDict, step: int | None =
   return LoadedRun(config, restored.state, tokenizer, restored.step, mesh)
 
 
-def make_generator(run: LoadedRun, codec) -> Generator:
-  s = run.config.sample
+def build_generator(params, config: ml_collections.ConfigDict, tokenizer: ByteTokenizer, codec,
+                    syntax_safe: bool, mesh=None) -> Generator:
+  """A sampler over `params` with the config's sampling settings; syntax-safe or free."""
+  s = config.sample
   grammar = pieces = None
-  if s.syntax_safe:
+  if syntax_safe:
     if not isinstance(codec, JpegCodec):
       raise ConfigError("sample.syntax_safe is implemented for JPEG streams only")
     grammar = JpegGrammar(codec)
-    pieces = [run.tokenizer.piece_bytes(i) for i in range(run.tokenizer.vocab_size)]
-  return Generator(run.params, model_lib.ModelConfig.from_config(run.config.model),
-                   run.tokenizer.eos_id, run.config.model.max_len,
+    pieces = [tokenizer.piece_bytes(i) for i in range(tokenizer.vocab_size)]
+  return Generator(params, model_lib.ModelConfig.from_config(config.model), tokenizer.eos_id,
+                   config.model.max_len,
                    SamplingSettings(float(s.temperature), int(s.top_k), float(s.top_p)),
-                   grammar=grammar, pieces=pieces,
-                   banned=(run.tokenizer.unk_id, run.tokenizer.bos_id), mesh=run.mesh)
+                   grammar=grammar, pieces=pieces, banned=(tokenizer.unk_id, tokenizer.bos_id),
+                   mesh=mesh)
+
+
+def make_generator(run: LoadedRun, codec) -> Generator:
+  return build_generator(run.params, run.config, run.tokenizer, codec,
+                         bool(run.config.sample.syntax_safe), run.mesh)
 
 
 def _record(i: int, g: Generation, complete: bool, reason: str, extra: dict) -> dict:
