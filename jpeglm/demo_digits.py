@@ -9,7 +9,7 @@
    decays within it. Draws the loss curve. Rerunning resumes (or finds the run finished).
 3. sample: unconditional syntax-safe samples, free samples, and completions of the top half
    of held-out digits.
-4. score: a scikit-learn classifier trained on held-out digits (never seen by the LM, none of
+4. score: a scikit-learn classifier (jpeglm.digit_scorer) trained on held-out digits (never seen by the LM, none of
    them a prompt) reads the samples: the share of unconditional samples it names with
    confidence >= 0.9, and the share of completions it names as the prompt's digit.
 
@@ -29,6 +29,7 @@ from data_pipeline import digits as digits_lib
 from data_pipeline import sources
 from jpeglm.codecs import make_codec
 from jpeglm.config_io import load_config
+from jpeglm.digit_scorer import CONFIDENT, DigitScorer, to_pixels
 from jpeglm.loss_curve import plot_losses
 from jpeglm.errors import JpeglmError
 from jpeglm.tokenizer import ByteTokenizer
@@ -47,7 +48,6 @@ NUM_UNCONDITIONAL = 32
 NUM_FREE = 16
 PROMPTS_PER_DIGIT = 3
 PROMPT_RATIO = 0.5
-CONFIDENT = 0.9
 GOALS = {"unconditional_confident": 0.5, "completions_right": 0.6}
 TILE = 56
 
@@ -73,36 +73,12 @@ class Splits:
     self.images, self.labels = images, labels
 
 
-def _pixels(image: Image.Image | None, side: int) -> np.ndarray:
-  if image is None:
-    return np.full(side * side, 0.5, np.float32)
-  return np.asarray(image.convert("L").resize((side, side)), np.float32).ravel() / 255.0
-
-
-class DigitScorer:
-  """An RBF support-vector classifier with calibrated (Platt) probabilities, on JPEG-decoded
-  pixels of real held-out digits that the LM never saw. A fifth of them is kept back to show
-  how it reads real digits: the ceiling for the samples' scores."""
-
-  def __init__(self, codec, splits: Splits):
-    from sklearn.svm import SVC
-
-    self.side = codec.size
-    x = np.stack([_pixels(codec.decode(codec.encode(splits.images[i])).image, self.side)
-                  for i in splits.scorer])
-    y = splits.labels[splits.scorer]
-    order = np.random.default_rng(0).permutation(len(y))
-    fit, check = order[len(y) // 5:], order[:len(y) // 5]
-    self.model = SVC(C=5.0, probability=True, random_state=0).fit(x[fit], y[fit])
-    probs = self.model.predict_proba(x[check])
-    self.real_accuracy = float(np.mean(probs.argmax(1) == y[check]))
-    self.real_confident = float(np.mean(probs.max(1) >= CONFIDENT))
-    self.num_train, self.num_check = len(fit), len(check)
-
-  def read(self, images: list[Image.Image | None]) -> tuple[np.ndarray, np.ndarray]:
-    """(digit, confidence) per image; a missing image reads as a grey square."""
-    probs = self.model.predict_proba(np.stack([_pixels(im, self.side) for im in images]))
-    return probs.argmax(1), probs.max(1)
+def build_scorer(codec, splits: Splits) -> DigitScorer:
+  """The classifier of jpeglm.digit_scorer, on the scorer's held-out digits after the demo's
+  JPEG round trip (what the samples go through too)."""
+  pixels = np.stack([to_pixels(codec.decode(codec.encode(splits.images[i])).image, codec.size)
+                     for i in splits.scorer])
+  return DigitScorer(pixels, splits.labels[splits.scorer])
 
 
 def prepare_data(out: str, config, splits: Splits) -> str:
@@ -295,10 +271,10 @@ def main(out: str, skip_training: bool = False) -> dict:
   phases["train"] = time.perf_counter() - t
 
   t = time.perf_counter()
-  scorer = DigitScorer(make_codec(config.codec), splits)
-  print(f"[score] scorer: an SVM on {scorer.num_train} real held-out digits; on {scorer.num_check} "
-        f"real digits it has not seen it is right {scorer.real_accuracy:.0%} of the time and "
-        f"confident (>= {CONFIDENT}) on {scorer.real_confident:.0%}")
+  scorer = build_scorer(make_codec(config.codec), splits)
+  print(f"[score] scorer: an SVM on HOG features of {scorer.num_train} deskewed real held-out "
+        f"digits and their 1-pixel shifts; on {scorer.num_check} real digits it has not seen it "
+        f"is right {scorer.real_accuracy:.0%} of the time and confident (>= {CONFIDENT}) on {scorer.real_confident:.0%}")
   phases["scorer"] = time.perf_counter() - t
 
   t = time.perf_counter()
