@@ -4,6 +4,9 @@ transformers' `generate()` on the same weights, then syntax-safe vs free samplin
   .venv/bin/python benchmarks/bench_sampling.py [--new-tokens 2048] [--batches 1,8,32]
       [--d-model 256 --layers 4 | --d-model 512 --layers 8 (the small config)]
       [--max-len 12288] [--prompt-ratio 0]
+  # on a GPU, the 1b shape in bfloat16 (benchmarks/gpu_checks.sh):
+  python benchmarks/bench_sampling.py --d-model 2048 --layers 22 --head-dim 128 \
+      --dtype bfloat16 --torch-device cuda --new-tokens 1024 --batches 1,8 --safe-batches ""
 
 The model is the `small` config (Llama layout, vocabulary 320) at the paper's context,
 max_len=12288, narrowed by default to d 256 and 4 layers (heads of 64, d_ff 2.75 d) so that
@@ -89,14 +92,18 @@ def main() -> None:
   parser.add_argument("--threads", type=int, default=1,
                       help="PyTorch threads; 1 also makes XLA single-threaded")
   parser.add_argument("--skip-pytorch", action="store_true")
+  parser.add_argument("--head-dim", type=int, default=64)
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="weights and compute on both sides (bfloat16 on a GPU)")
+  parser.add_argument("--torch-device", default="cpu", help="cuda on a GPU machine")
   args = parser.parse_args()
   n = args.new_tokens
 
-  heads = args.d_model // 64
+  heads = args.d_model // args.head_dim
   cfg = dataclasses.replace(ModelConfig.from_config(get_config("size=small").model),
                             d_model=args.d_model, n_layers=args.layers, n_heads=heads,
                             n_kv_heads=heads, d_ff=args.d_model * 11 // 4, max_len=args.max_len,
-                            dtype="float32")
+                            dtype=args.dtype, param_dtype=args.dtype)
   params = nnx.to_pure_dict(nnx.split(Transformer(cfg, nnx.Rngs(0)))[1])
   codec = JpegCodec(size=256)
   streams = [codec.encode(open_image(p)) for p in builtin_photos()]
@@ -109,23 +116,27 @@ def main() -> None:
   free = Generator(params, cfg, eos_id=-1, max_len=cfg.max_len, settings=settings)
   print(f"model: d {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
         f"vocab {cfg.vocab_size}, max_len {cfg.max_len}; prompt {len(prompt)} tokens (BOS + "
-        f"{args.prompt_ratio:.0%} of a 256x256 photo), {n} new tokens; jax {jax.__version__}")
+        f"{args.prompt_ratio:.0%} of a 256x256 photo), {n} new tokens, {args.dtype}; jax "
+        f"{jax.__version__} on {jax.devices()[0].device_kind}")
 
   free_seconds = {}  # batch -> seconds of free sampling, measured once
   if not args.skip_pytorch:
     import torch
     import transformers
     torch.set_num_threads(args.threads)
-    hf_config = transformers.LlamaConfig(**hf_layout.llama_config(cfg, 1, 2, "float32"))
+    hf_config = transformers.LlamaConfig(**hf_layout.llama_config(cfg, 1, 2, args.dtype))
     hf_model = transformers.LlamaForCausalLM(hf_config).eval()
-    hf_model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
-                              hf_layout.hf_state_dict(jax.device_get(params), cfg).items()})
-    print(f"vs torch {torch.__version__} ({args.threads} threads), transformers "
+    weights = hf_layout.hf_state_dict(jax.device_get(params), cfg)
+    hf_model.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in
+                              weights.items()})
+    hf_model = hf_model.to(device=args.torch_device, dtype=getattr(torch, args.dtype))
+    print(f"vs torch {torch.__version__} on {args.torch_device} ({args.threads} threads), "
+          "transformers "
           f"{transformers.__version__}, generate() with its default dynamic cache")
     print(f"{'batch':>5s} {'ours tok/s':>11s} {'ours s/image':>13s} {'compile s':>10s} "
           f"{'pytorch tok/s':>14s} {'speed-up':>9s}")
     for batch in [int(b) for b in args.batches.split(",") if b]:
-      input_ids = torch.tensor([prompt] * batch, dtype=torch.long)
+      input_ids = torch.tensor([prompt] * batch, dtype=torch.long, device=args.torch_device)
 
       def theirs(tokens):
         with torch.inference_mode():
@@ -134,6 +145,8 @@ def main() -> None:
               temperature=1.0, top_k=50, top_p=1.0, max_new_tokens=tokens,
               min_new_tokens=tokens, eos_token_id=None, pad_token_id=0, use_cache=True)
         assert out.shape[1] == len(prompt) + tokens
+        if args.torch_device != "cpu":
+          torch.cuda.synchronize()
       compile_s = free.compile(batch, len(prompt), n)
       ours, generations = _timed(lambda: free.generate([prompt] * batch, max_new_tokens=n))
       assert all(len(g.tokens) == n for g in generations)

@@ -66,8 +66,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Setup: everything that can be refused is refused before any compute.
   run_setup.check_workdir_config(config, workdir)
-  model_lib.ModelConfig.from_config(config.model)
   mesh = sharding.make_mesh(config.mesh)
+  model_cfg = model_lib.ModelConfig.from_config(config.model, mesh.devices.flat[0].platform)
   sharding.check_batch_layout(train.global_batch, train.grad_accum, dict(mesh.shape))
   if is_main:
     os.makedirs(workdir, exist_ok=True)
@@ -86,7 +86,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # An imported checkpoint (jpeglm import) resumes from step 0.
     print(("resuming from step %d" % start_step) if resumed else "starting from step 0",
           f"in {workdir}: {sum(x.size for x in jax.tree.leaves(state['params'])):,} parameters, "
-          f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es)")
+          f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es); attention "
+          f"{model_cfg.attention_kernel}, remat {model_cfg.remat}, {model_cfg.dtype}")
 
   metrics_log = MetricsLog(workdir, enabled=is_main)
   goodput = goodput_lib.Goodput(workdir, started, start_step, train.steps, enabled=is_main)
