@@ -5,7 +5,8 @@
    and each remat policy.
 2. Each gets an arithmetic step time (`step_cost.executed_flops` at the chip's peak) and an
    analytic memory estimate; those far over HBM are dropped before any compile.
-3. The rest are compiled in order of arithmetic step time, several at once in worker
+3. The rest are compiled in order of arithmetic step time (ties: fewest micro-batches
+   first, as each re-reads the weights from HBM), several at once in worker
    processes, each result cached on disk (keyed by the settings that shape the compiled step, topology and versions), until
    `top` of them fit or `max_compiles` ran.
 4. Those that fit are ranked by estimated step time: max(compute, HBM traffic, ICI
@@ -183,25 +184,12 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_slices: int = 1,
     raise ConfigError(f"no layout splits train.global_batch={config.train.global_batch} over "
                       f"{per_slice * num_slices} devices")
   platform = "cpu" if topology == "local" else "tpu"
-  scored = []
-  for c in all_candidates:
-    cfg = c.apply(config)
-    mesh = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(cfg.mesh, per_slice * num_slices)))
-    seconds = step_cost.executed_flops(cfg, mesh, platform)
-    if hbm is not None:
-      rough = compile_check.analytic_report(cfg, None, per_slice * num_slices, "plan")
-      if rough.peak_bytes > PRUNE_FACTOR * hbm:
-        continue
-    scored.append((seconds, c))
-  # Fastest arithmetic first; within a layout family the most micro-batches first (least
-  # memory), so one failure rules out the whole family's hungrier members.
-  scored.sort(key=lambda x: (x[0], -x[1].grad_accum))
-  log(f"plan: {len(all_candidates)} layouts, {len(scored)} left after the memory estimate; "
+  queue = compile_order(config, all_candidates, per_slice * num_slices, platform, hbm)
+  log(f"plan: {len(all_candidates)} layouts, {len(queue)} left after the memory estimate; "
       f"compiling at most {max_compiles}, in order of arithmetic step time, {jobs} at a time")
 
   cache = _load_cache(cache_path)
   results: list[Result] = []
-  queue = [c for _, c in scored]
   failed: list[Candidate] = []
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(max_workers=max(jobs, 1),
@@ -229,6 +217,30 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_slices: int = 1,
   fitting = [r for r in results if r.fits is not False]
   fitting.sort(key=lambda r: (r.step_seconds is None, r.step_seconds or 0.0))
   return fitting + [r for r in results if r.fits is False]
+
+
+def compile_order(config: ml_collections.ConfigDict, layouts: list[Candidate], devices: int,
+                  platform: str, hbm: float | None) -> list[Candidate]:
+  """The layouts worth compiling, in the order to compile them: those the analytic memory
+  estimate puts far over `hbm` dropped; fastest arithmetic first; among equals those the
+  estimate fits in `hbm` first, then the fewest micro-batches: each micro-batch reads the weights from HBM again, and ordering
+  equals by memory safety instead (most micro-batches first) spent the compile budget on
+  16-micro-batch layouts that HBM traffic, not compute, bounds (the 7B at 128-256 chips)."""
+  from jpeglm import compile_check
+
+  scored = []
+  for c in layouts:
+    cfg = c.apply(config)
+    mesh = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(cfg.mesh, devices)))
+    over = False
+    if hbm is not None:
+      rough = compile_check.analytic_report(cfg, None, devices, "plan")
+      if rough.peak_bytes > PRUNE_FACTOR * hbm:
+        continue
+      over = rough.peak_bytes > hbm  # kept (the estimate is rough), but tried after
+    scored.append((step_cost.executed_flops(cfg, mesh, platform), over, c.grad_accum, c))
+  scored.sort(key=lambda x: x[:3])  # stable: equal layouts keep the enumeration's order
+  return [c for *_, c in scored]
 
 
 def _needs_more_memory(c: Candidate, failed: Candidate) -> bool:

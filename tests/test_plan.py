@@ -8,7 +8,9 @@ import pytest
 
 from jpeglm.cli import main
 from jpeglm.config_io import load_config
-from jpeglm.plan import Candidate, _needs_more_memory, candidates
+from jpeglm import sharding, step_cost
+from jpeglm.compile_check import analytic_report, parse_topology
+from jpeglm.plan import Candidate, _needs_more_memory, candidates, compile_order
 from tests.train_helpers import CONFIG, run_train, tiny_overrides, train_tiny_tokenizer
 
 
@@ -33,6 +35,32 @@ def test_a_failed_layout_rules_out_its_hungrier_relatives_only():
   assert not _needs_more_memory(Candidate(1, 16, 1, 1, "full", 4), failed)  # more remat
   assert not _needs_more_memory(Candidate(1, 16, 1, 1, "none", 8), failed)  # more micro-batches
   assert not _needs_more_memory(Candidate(1, 8, 1, 2, "none", 1), failed)  # another mesh
+
+
+def test_equal_arithmetic_compiles_the_fewest_micro_batches_first():
+  # The 7B on v5p-128 at 64 rows: many layouts tie on arithmetic; 16-micro-batch ones read
+  # the weights 16 times and were HBM-bound (launch/README.md).
+  config = load_config("configs/jpeglm.py:size=7b,codec=jpeg")
+  spec = parse_topology("v5p-128")
+  layouts = candidates(config, spec.devices)
+  order = compile_order(config, layouts, spec.devices, "tpu", spec.hbm_bytes)
+  assert 0 < len(order) < len(layouts)  # the memory estimate dropped some
+
+  def seconds(c):
+    cfg = c.apply(config)
+    mesh = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(cfg.mesh, spec.devices)))
+    return step_cost.executed_flops(cfg, mesh, "tpu")
+
+  def over(c):
+    return analytic_report(c.apply(config), None, spec.devices, "plan").peak_bytes > \
+        spec.hbm_bytes
+
+  keys = [(seconds(c), over(c), c.grad_accum) for c in order]
+  assert keys == sorted(keys)
+  tied = [c for c, k in zip(order, keys) if k[:2] == keys[0][:2]]
+  assert len({c.grad_accum for c in tied}) > 1  # the tie the order has to break
+  assert order[0].grad_accum == min(c.grad_accum for c in tied) < max(c.grad_accum
+                                                                        for c in tied)
 
 
 def test_plan_prints_a_layout_that_train_runs_as_printed(tmp_path, capsys):
