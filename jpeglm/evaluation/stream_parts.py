@@ -1,0 +1,95 @@
+"""Where a model spends its bits in a JPEG stream: the header, the restart markers, and the
+entropy-coded data of flat and of detailed MCUs.
+
+A model that has learned the format but not the pictures spends almost nothing on the
+header and markers and almost all its bits on the detailed MCUs. For the digits demo
+(jpeglm.demo_digits) that tells a newcomer why samples still look like noise: a few
+hundred steps learn the background blocks exactly and the strokes' bytes barely below
+random (8 bits a byte).
+
+A token's bits are shared among the bytes it spells, equally; "flat" MCUs are those whose
+entropy-coded data is at most FLAT_BYTES bytes (a DC value and an end-of-block: a uniform
+8x8 block, such as a digit's black background).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jpeglm import model as model_lib
+from jpeglm.codecs import jpeg_stream
+from jpeglm.evaluation.bits_per_byte import sequence_rows
+from jpeglm.train_state import abstract_params
+
+PARTS = ("header", "markers", "flat_mcus", "detailed_mcus", "end")
+FLAT_BYTES = 2
+
+
+def byte_parts(stream: bytes, max_pixels: int = 1 << 26) -> np.ndarray:
+  """The part (an index into PARTS) of every byte of one JPEG stream."""
+  header = jpeg_stream.parse_header(stream, max_pixels)
+  layout = jpeg_stream.scan_layout(stream, header.scan_start)
+  parts = np.full(len(stream), PARTS.index("end"), np.int8)
+  parts[:header.scan_start] = PARTS.index("header")
+  starts = [header.scan_start] + [o + 2 for o in layout.restart_offsets]
+  ends = list(layout.restart_offsets) + [layout.end]
+  for start, end in zip(starts, ends):
+    kind = "flat_mcus" if end - start <= FLAT_BYTES else "detailed_mcus"
+    parts[start:end] = PARTS.index(kind)
+  for offset in layout.restart_offsets:
+    parts[offset:offset + 2] = PARTS.index("markers")
+  return parts
+
+
+def token_bits(config, params, tokenizer, streams: list[bytes], batch_rows: int = 4
+               ) -> list[np.ndarray]:
+  """Per stream, the model's bits for each of its tokens and then for EOS (teacher-forced
+  from BOS, rows of `model.max_len` as `bits_per_byte` cuts them)."""
+  apply = model_lib.make_apply_fn(abstract_params(config).graphdef, segment_masking=False)
+
+  @jax.jit
+  def nll(params, inputs, targets):
+    logp = jax.nn.log_softmax(apply(params, {"inputs": inputs}), -1)
+    return -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+
+  encoded = [tokenizer.encode(s) for s in streams]
+  inputs, targets, weights = sequence_rows(encoded, tokenizer.bos_id, tokenizer.eos_id,
+                                           int(config.model.max_len))
+  pad = -len(inputs) % batch_rows
+  inputs, targets = (np.pad(x, ((0, pad), (0, 0))) for x in (inputs, targets))
+  weights = np.pad(weights, ((0, pad), (0, 0)))
+  rows = [np.asarray(nll(params, inputs[i:i + batch_rows], targets[i:i + batch_rows]))
+          for i in range(0, len(inputs), batch_rows)]
+  flat = np.concatenate(rows)[weights > 0] / math.log(2.0)
+  out, at = [], 0
+  for tokens in encoded:
+    out.append(flat[at:at + len(tokens) + 1])
+    at += len(tokens) + 1
+  return out
+
+
+def bits_by_part(tokenizer, streams: list[bytes], bits: list[np.ndarray],
+                 max_pixels: int = 1 << 26) -> dict[str, dict[str, float]]:
+  """{part: {"bits": per stream, "bytes": per stream, "bits_per_byte"}} over `streams`,
+  with `bits` from `token_bits`; EOS's bits count to "end"."""
+  total_bits = np.zeros(len(PARTS))
+  total_bytes = np.zeros(len(PARTS))
+  for stream, stream_bits in zip(streams, bits):
+    parts = byte_parts(stream, max_pixels)
+    at = 0
+    for token, token_bits_ in zip(tokenizer.encode(stream), stream_bits):
+      span = parts[at:at + len(tokenizer.piece_bytes(token))]
+      np.add.at(total_bits, span, token_bits_ / len(span))
+      at += len(span)
+    if at != len(stream):
+      raise ValueError(f"the tokens spell {at} bytes of a {len(stream)}-byte stream")
+    total_bits[PARTS.index("end")] += stream_bits[-1]
+    np.add.at(total_bytes, parts, 1)
+  n = max(len(streams), 1)
+  return {part: {"bits": float(total_bits[i] / n), "bytes": float(total_bytes[i] / n),
+                 "bits_per_byte": float(total_bits[i] / max(total_bytes[i], 1))}
+          for i, part in enumerate(PARTS)}
