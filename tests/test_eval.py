@@ -92,3 +92,7 @@ def test_eval_command_writes_results_and_prints_the_table(trained_run, tmp_path,
   printed = capsys.readouterr().out
   assert "ratio | rows | FID" in printed and "valid-decode rate" in printed
   assert f"{result['fid']:.2f}" in printed and "bits per byte" in printed
+  parts = report["bits_by_part"]
+  assert sum(p["bits"] for p in parts.values()) / sum(p["bytes"] for p in parts.values()) == \
+      pytest.approx(report["bits_per_byte"], rel=1e-4)
+  assert "bits per image by part: header" in printed and "detailed mcus" in printed

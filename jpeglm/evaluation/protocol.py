@@ -32,6 +32,7 @@ from jpeglm.codecs import JpegCodec, image_from_bytes, make_codec, open_image
 from jpeglm.errors import ConfigError, JpeglmError
 from jpeglm.evaluation import fid as fid_lib
 from jpeglm.evaluation.bits_per_byte import bits_per_byte
+from jpeglm.evaluation import stream_parts
 from jpeglm.evaluation.report import SMALL_SET_NOTE
 from jpeglm.sampling import media
 from jpeglm.sampling.run import load_run, make_generator
@@ -152,6 +153,9 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict, images_source: str
       "num_images": num_images, "image_files": [p["name"] if isinstance(p, dict) else p for p in paths], "seeds": list(seeds),
       "codec_size": codec.size, "sample": dict(config.sample),
       "bits_per_byte": bits_per_byte(config, run.params, streams, run.tokenizer),
+      "bits_by_part": stream_parts.bits_by_part(
+          run.tokenizer, streams, stream_parts.token_bits(config, run.params, run.tokenizer,
+                                                          streams)),
       "results": results, "note": SMALL_SET_NOTE.format(n=num_images),
       "seconds": round(time.perf_counter() - began, 1)}
   with open(os.path.join(out, "eval.json"), "w") as f:

@@ -26,4 +26,14 @@ def format_table(report: dict) -> str:
       *rows,
       f"bits per byte on the whole images: {report['bits_per_byte']:.4f}; tokens/s is wall "
       "time of generation, compilation included",
+      *_parts_line(report.get("bits_by_part")),
       f"note: {report['note']}"])
+
+
+def _parts_line(parts: dict | None) -> list[str]:
+  """Where the bits go, per image (jpeglm.evaluation.stream_parts)."""
+  if not parts:
+    return []
+  cells = [f"{name.replace('_', ' ')} {p['bits']:,.0f} bits in {p['bytes']:,.0f} bytes "
+           f"({p['bits_per_byte']:.2f}/byte)" for name, p in parts.items()]
+  return ["bits per image by part: " + "; ".join(cells)]
