@@ -77,6 +77,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.seq_len = seq_len
   c.data.packing = "concat"  # the paper's concatenate-and-chunk; "document" adds segment ids
   c.data.num_workers = 0 if size == "tiny" else 2
+  # Threads encoding documents ahead of packing in each data process (0: one per core, at
+  # most 16) and how many documents they run ahead (0: 64).
+  c.data.read_threads = 0
+  c.data.prefetch_documents = 0
   c.data.shuffle = True
   c.data.max_bad_fraction = 0.1
   # Data shards the global batch is read as (0: one per process). Fix it to keep the data

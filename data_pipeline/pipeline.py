@@ -8,6 +8,7 @@ seq_len -> batch of global_batch / process_count -> worker prefetch.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import grain
 import ml_collections
@@ -150,13 +151,28 @@ def _batches(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer, *, spl
                       "(each worker reads its own files): use fewer workers or more shards")
   dataset = documents.dataset
   if isinstance(dataset, grain.MapDataset):
-    dataset = dataset.to_iter_dataset()
+    dataset = dataset.to_iter_dataset(read_options(config.data))
   good = bad_inputs.SkipBadInputs(dataset, config.data.max_bad_fraction,
                                   documents.shard_size or bad_inputs.MIN_ITEMS_BEFORE_CHECK)
   rows = packing.pack(good.map(packing.to_lm_example), packing_name, config.data.seq_len, seed)
   batches = rows.batch(global_batch // process_count, drop_remainder=True)
   batches = batches.map(packing.FinishBatch(packing.piece_lengths(tokenizer)))
   return workers.with_workers(batches, num_workers)
+
+
+def read_options(data: ml_collections.ConfigDict) -> grain.ReadOptions:
+  """Threads that encode documents ahead of the packer, and how many documents ahead.
+
+  Grain's defaults (16 threads, 500 documents) cost a 2-core machine half its data time: the
+  threads outnumber the cores, and Grain checks every prefetched document at each read
+  (measured on the digits config: 22 ms of CPU a batch, 10.5 ms with 2 threads and 32).
+  """
+  threads = int(data.get("read_threads", 0)) or min(16, len(os.sched_getaffinity(0)))
+  ahead = int(data.get("prefetch_documents", 0)) or 64
+  if threads < 1 or ahead < 1:
+    raise JpeglmError(f"data.read_threads={threads} and data.prefetch_documents={ahead} "
+                      "must be positive (0: the defaults)")
+  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=ahead)
 
 
 def make_train_iterator(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer, *,

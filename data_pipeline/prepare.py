@@ -93,7 +93,7 @@ def _prepare_split(config, tokenizer, split, out_dir, num_workers, records_per_s
       repeat=False, seed=config.seed)
   dataset = documents.dataset  # an IterDataset already for wds: / parquet: (shard_size None)
   if isinstance(dataset, grain.MapDataset):
-    dataset = dataset.to_iter_dataset()
+    dataset = dataset.to_iter_dataset(pipeline.read_options(config.data))
   stream = workers.with_workers(dataset, num_workers)
   writer = _RollingShardWriter(out_dir, split, prepared_shards.token_dtype(tokenizer.vocab_size),
                                records_per_shard)

@@ -31,7 +31,7 @@ def codec_streams(config: ml_collections.ConfigDict, num_files: int, num_workers
   else:
     # Augmented built-in media give a new crop on every pass; a plain source one pass at most.
     count = num_files if documents.source.augment else min(num_files, documents.shard_size)
-    dataset = documents.dataset[:count].to_iter_dataset()
+    dataset = documents.dataset[:count].to_iter_dataset(pipeline.read_options(config.data))
   stream = workers.with_workers(dataset, num_workers)
   streams, errors = [], []
   with workers.iterate(stream) as documents_iter:

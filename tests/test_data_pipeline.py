@@ -195,3 +195,18 @@ def test_builtin_crops_differ_between_epochs(tokenizer):
   assert first["source"] == second["source"]
   assert not np.array_equal(first["tokens"], second["tokens"])
   np.testing.assert_array_equal(first["tokens"], documents.dataset[0]["tokens"])
+
+
+def test_read_options_default_to_the_cores_and_64_documents_and_refuse_negatives():
+  import os
+
+  data = load_config(CONFIG).data
+  options = pipeline.read_options(data)
+  assert options.num_threads == min(16, len(os.sched_getaffinity(0)))
+  assert options.prefetch_buffer_size == 64
+  data.read_threads, data.prefetch_documents = 3, 10
+  options = pipeline.read_options(data)
+  assert (options.num_threads, options.prefetch_buffer_size) == (3, 10)
+  data.read_threads = -1
+  with pytest.raises(JpeglmError, match="data.read_threads=-1"):
+    pipeline.read_options(data)
