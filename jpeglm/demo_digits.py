@@ -272,7 +272,7 @@ def main(out: str, skip_training: bool = False) -> dict:
 
   t = time.perf_counter()
   scorer = build_scorer(make_codec(config.codec), splits)
-  print(f"[score] scorer: an SVM on HOG features of {scorer.num_train} deskewed real held-out "
+  print(f"[score] scorer: two SVMs (HOG, pixels) on {scorer.num_train} deskewed real held-out "
         f"digits and their 1-pixel shifts; on {scorer.num_check} real digits it has not seen it "
         f"is right {scorer.real_accuracy:.0%} of the time and confident (>= {CONFIDENT}) on {scorer.real_confident:.0%}")
   phases["scorer"] = time.perf_counter() - t

@@ -14,9 +14,12 @@ from jpeglm.config_io import load_config
 from jpeglm.digit_scorer import CONFIDENT, DigitScorer, deskew, to_pixels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLES = os.path.join(ROOT, "tests", "data", "digit_noise_samples")
 # The 32 syntax-safe unconditional samples of a 635-step demo run (2026-11-26): DCT-basis
-# textures in the digits' JPEG stream, not digits.
-NOISE = sorted(glob.glob(os.path.join(ROOT, "tests", "data", "digit_noise_samples", "*.jpg")))
+# textures in the digits' JPEG stream, not digits. And two texture blobs of a 295-step run
+# (temperature 0.8, top-k 4) that the HOG view alone called "8" with confidence 0.91, 0.93.
+NOISE = sorted(glob.glob(os.path.join(SAMPLES, "sample_*.jpg")))
+FOOLED_ONE_VIEW = sorted(glob.glob(os.path.join(SAMPLES, "one_view_fooled_*.jpg")))
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +50,8 @@ def test_reads_real_digits_it_never_saw(scorer_and_check):
 
 def test_noise_is_not_a_confident_digit(scorer_and_check):
   scorer, _, _ = scorer_and_check
-  assert len(NOISE) == 32
-  samples = [Image.open(path) for path in NOISE]
+  assert len(NOISE) == 32 and len(FOOLED_ONE_VIEW) == 2
+  samples = [Image.open(path) for path in NOISE + FOOLED_ONE_VIEW]
   rng = np.random.default_rng(0)
   # DCT-basis textures like the samples': random coefficients in a few 8x8 blocks.
   textures = np.zeros((32, 32, 32), np.float32)
