@@ -59,6 +59,21 @@ def test_documents_are_the_digits_gray_jpeg():
     assert error < 12  # quality 25 keeps the digit
 
 
+def test_digits_are_encoded_in_process_even_with_a_deadline():
+  from data_pipeline import bounded_encode
+
+  config = load_config(CONFIG)
+  assert config.data.max_seconds_per_file > 0
+  before = set(bounded_encode._POOLS)
+  documents = pipeline.encoded_documents(config, None, split="train", process_index=0,
+                                         process_count=1, shuffle=False, repeat=False, seed=0)
+  first = documents.dataset[0]["codec_bytes"]
+  # Pixels in memory cannot hang a decoder: no helper process for them.
+  assert set(bounded_encode._POOLS) == before
+  assert first == JpegCodec(size=28, color="gray").encode(
+      digits.load_digits()[0][pipeline.split_source(config, "train")[1][0]])
+
+
 def test_digits_feed_images_only():
   with pytest.raises(JpeglmError, match="video"):
     sources.open_source(digits.SPEC, "video")
