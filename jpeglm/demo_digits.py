@@ -32,6 +32,7 @@ from jpeglm.config_io import load_config
 from jpeglm.digit_scorer import CONFIDENT, DigitScorer, to_pixels
 from jpeglm.loss_curve import plot_losses
 from jpeglm.errors import JpeglmError
+from jpeglm.evaluation import stream_parts
 from jpeglm.tokenizer import ByteTokenizer
 
 CONFIG = "configs/digits.py"
@@ -203,6 +204,10 @@ def sample_and_score(out: str, config, splits: Splits, scorer: DigitScorer) -> d
   codec = make_codec(config.codec)
   tok = run.tokenizer
   results = {"step": run.step}
+  # Where the bits go on 200 held-out digits: the format is learned long before the strokes.
+  held = [codec.encode(splits.images[i]) for i in [*splits.prompts, *splits.scorer][:200]]
+  results["bits_by_part"] = stream_parts.bits_by_part(
+      tok, held, stream_parts.token_bits(config, run.params, tok, held))
   safe = build_generator(run.params, config, tok, codec, syntax_safe=True, mesh=run.mesh)
   free = build_generator(run.params, config, tok, codec, syntax_safe=False, mesh=run.mesh)
   cuts = [codec.prefix(codec.encode(splits.images[i]), PROMPT_RATIO) for i in splits.prompts]
@@ -311,5 +316,12 @@ def main(out: str, skip_training: bool = False) -> dict:
   safe = results["unconditional_syntax_safe"]
   print(f"free sampling: {free['valid']}/{free['total']} decode completely; syntax-safe: "
         f"{safe['valid']}/{safe['total']}")
+  parts = results["bits_by_part"]
+  print(f"bits a held-out digit: {sum(p['bits'] for p in parts.values()):.0f}, of which the "
+        f"strokes' blocks {parts['detailed_mcus']['bits']:.0f} in "
+        f"{parts['detailed_mcus']['bytes']:.0f} bytes ({parts['detailed_mcus']['bits_per_byte']:.2f}"
+        " a byte; random: 8), and header, markers and background "
+        f"{sum(parts[k]['bits'] for k in ('header', 'markers', 'flat_mcus')):.1f} in "
+        f"{sum(parts[k]['bytes'] for k in ('header', 'markers', 'flat_mcus')):.0f} bytes")
   print(f"everything is in {out}/ (loss_curve.png, samples/*/grid.png, summary.json)")
   return summary
