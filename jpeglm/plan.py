@@ -13,6 +13,7 @@
    collectives) + the cross-slice gradient all-reduce over DCN, from the compiled programs
    (jpeglm.step_cost, jpeglm.collectives) and the published chip figures (jpeglm.tpu_specs).
    ICI collectives are assumed hidden under compute (XLA overlaps them on TPU); DCN is not.
+   Equal estimates (compute-bound layouts) go to the one whose ICI would cost least exposed.
 
 Splash block sizes are not searched: the kernel is opaque to the compiler's cost analysis,
 so an estimate cannot rank them; they stay `model.attention_block_*`.
@@ -215,8 +216,18 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_slices: int = 1,
       if sum(1 for r in results if r.fits is not False) >= top:
         break
   fitting = [r for r in results if r.fits is not False]
-  fitting.sort(key=lambda r: (r.step_seconds is None, r.step_seconds or 0.0))
+  fitting.sort(key=rank_key)
   return fitting + [r for r in results if r.fits is False]
+
+
+def rank_key(r: Result) -> tuple:
+  """Fastest estimated step first; among equals (compute-bound layouts tie at the compute
+  time) the one whose ICI collectives would cost least if XLA did not hide them."""
+  if r.step_seconds is None:
+    return (True, 0.0, 0.0)
+  exposed = (max(r.compute_seconds or 0.0, r.hbm_seconds or 0.0) + (r.ici_seconds or 0.0)
+             + (r.dcn_seconds or 0.0))
+  return (False, r.step_seconds, exposed)
 
 
 def compile_order(config: ml_collections.ConfigDict, layouts: list[Candidate], devices: int,

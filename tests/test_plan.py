@@ -10,7 +10,8 @@ from jpeglm.cli import main
 from jpeglm.config_io import load_config
 from jpeglm import sharding, step_cost
 from jpeglm.compile_check import analytic_report, parse_topology
-from jpeglm.plan import Candidate, _needs_more_memory, candidates, compile_order
+from jpeglm.plan import (Candidate, Result, _needs_more_memory, candidates, compile_order,
+                         rank_key)
 from tests.train_helpers import CONFIG, run_train, tiny_overrides, train_tiny_tokenizer
 
 
@@ -61,6 +62,18 @@ def test_equal_arithmetic_compiles_the_fewest_micro_batches_first():
   assert len({c.grad_accum for c in tied}) > 1  # the tie the order has to break
   assert order[0].grad_accum == min(c.grad_accum for c in tied) < max(c.grad_accum
                                                                         for c in tied)
+
+
+def test_equal_estimates_rank_the_least_exposed_collectives_first():
+  def result(step, ici, fsdp):
+    return Result(Candidate(1, fsdp, 1, 1, "none", 1), True, 0, step, step, 0.1, ici, 0.0, 0.9,
+                  1.0)
+
+  chatty, quiet, slow = result(1.0, 0.5, 8), result(1.0, 0.1, 16), result(1.2, 0.0, 4)
+  no_estimate = Result(Candidate(1, 2, 1, 1, "none", 1), True, 0, None, None, None, None, None,
+                       None, None)
+  ranked = sorted([no_estimate, slow, chatty, quiet], key=rank_key)
+  assert ranked == [quiet, chatty, slow, no_estimate]
 
 
 def test_plan_prints_a_layout_that_train_runs_as_printed(tmp_path, capsys):
