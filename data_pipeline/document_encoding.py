@@ -101,7 +101,7 @@ class DocumentEncoder:
     value = item[self.tfds_feature]
     if self.is_video:
       return self._video_bytes_from_memory(bytes(value), name)
-    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim in (2, 3):
+    if _is_pixels(value):
       return self._image_bytes(Image.fromarray(value), rng)  # HxW: grayscale (builtin:digits)
     return self._image_bytes(image_from_bytes(bytes(value), self.codec.max_pixels, name), rng)
 
@@ -159,11 +159,14 @@ class DocumentEncoder:
   def _pixels_in_memory(self, item: Any) -> bool:
     """An item that is decoded pixels already (builtin:digits): no decoder to hang, so the
     deadline's helper process would only add its round trip to a ~0.2 ms encode."""
-    if self.item_kind != sources.TFDS_RECORD or self.is_video or not isinstance(item, dict):
-      return False
-    value = item.get(self.tfds_feature)
-    return isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim in (2, 3) \
-        and value.size <= self.codec.max_pixels * 3
+    return (self.item_kind == sources.TFDS_RECORD and not self.is_video
+            and isinstance(item, dict) and _is_pixels(item.get(self.tfds_feature))
+            and item[self.tfds_feature].size <= self.codec.max_pixels * 3)
 
   def _stored_tokens(self, record: bytes) -> np.ndarray:
     return np.frombuffer(record, dtype=self.token_dtype).astype(np.int32)
+
+
+def _is_pixels(value: Any) -> bool:
+  """A record's image feature that holds decoded pixels (HxW or HxWxC uint8), not a file."""
+  return isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim in (2, 3)

@@ -33,6 +33,7 @@ from jpeglm.digit_scorer import CONFIDENT, DigitScorer, to_pixels
 from jpeglm.loss_curve import plot_losses
 from jpeglm.errors import JpeglmError
 from jpeglm.evaluation import stream_parts
+from jpeglm.evaluation.bits_per_byte import token_bits
 from jpeglm.tokenizer import ByteTokenizer
 
 CONFIG = "configs/digits.py"
@@ -207,7 +208,7 @@ def sample_and_score(out: str, config, splits: Splits, scorer: DigitScorer) -> d
   # Where the bits go on 200 held-out digits: the format is learned long before the strokes.
   held = [codec.encode(splits.images[i]) for i in [*splits.prompts, *splits.scorer][:200]]
   results["bits_by_part"] = stream_parts.bits_by_part(
-      tok, held, stream_parts.token_bits(config, run.params, tok, held))
+      tok, held, token_bits(config, run.params, tok, held))
   safe = build_generator(run.params, config, tok, codec, syntax_safe=True, mesh=run.mesh)
   free = build_generator(run.params, config, tok, codec, syntax_safe=False, mesh=run.mesh)
   cuts = [codec.prefix(codec.encode(splits.images[i]), PROMPT_RATIO) for i in splits.prompts]

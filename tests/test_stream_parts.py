@@ -11,7 +11,7 @@ from jpeglm.codecs import JpegCodec, make_codec, open_image
 from jpeglm.codecs import jpeg_stream
 from jpeglm.config_io import read_config
 from jpeglm.evaluation import stream_parts
-from jpeglm.evaluation.bits_per_byte import bits_per_byte
+from jpeglm.evaluation.bits_per_byte import bits_per_byte, token_bits
 from jpeglm.sampling.run import load_run
 
 PARTS = stream_parts.PARTS
@@ -40,7 +40,7 @@ def test_bits_by_part_add_up_to_bits_per_byte(trained_run):
   run = load_run(trained_run, config)
   codec = make_codec(config.codec)
   streams = [codec.encode(open_image(p)) for p in builtin_photos()[:3]]
-  bits = stream_parts.token_bits(config, run.params, run.tokenizer, streams)
+  bits = token_bits(config, run.params, run.tokenizer, streams)
   assert [len(b) for b in bits] == [len(run.tokenizer.encode(s)) + 1 for s in streams]
   parts = stream_parts.bits_by_part(run.tokenizer, streams, bits)
   assert set(parts) == set(PARTS)

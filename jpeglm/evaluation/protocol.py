@@ -31,7 +31,7 @@ from data_pipeline.media_files import media_files
 from jpeglm.codecs import JpegCodec, image_from_bytes, make_codec, open_image
 from jpeglm.errors import ConfigError, JpeglmError
 from jpeglm.evaluation import fid as fid_lib
-from jpeglm.evaluation.bits_per_byte import bits_per_byte
+from jpeglm.evaluation.bits_per_byte import bits_per_byte, token_bits
 from jpeglm.evaluation import stream_parts
 from jpeglm.evaluation.report import SMALL_SET_NOTE
 from jpeglm.sampling import media
@@ -148,14 +148,13 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict, images_source: str
         "tokens_per_second": tokens / max(sum(s["seconds"] for s in per_seed), 1e-9),
         "per_seed": per_seed})
 
+  bits = token_bits(config, run.params, run.tokenizer, streams)  # one pass, two figures
   report = {
       "workdir": workdir, "step": run.step, "images": images_source,
       "num_images": num_images, "image_files": [p["name"] if isinstance(p, dict) else p for p in paths], "seeds": list(seeds),
       "codec_size": codec.size, "sample": dict(config.sample),
-      "bits_per_byte": bits_per_byte(config, run.params, streams, run.tokenizer),
-      "bits_by_part": stream_parts.bits_by_part(
-          run.tokenizer, streams, stream_parts.token_bits(config, run.params, run.tokenizer,
-                                                          streams)),
+      "bits_per_byte": bits_per_byte(config, run.params, streams, run.tokenizer, bits=bits),
+      "bits_by_part": stream_parts.bits_by_part(run.tokenizer, streams, bits),
       "results": results, "note": SMALL_SET_NOTE.format(n=num_images),
       "seconds": round(time.perf_counter() - began, 1)}
   with open(os.path.join(out, "eval.json"), "w") as f:

@@ -14,16 +14,9 @@ entropy-coded data is at most FLAT_BYTES bytes (a DC value and an end-of-block: 
 
 from __future__ import annotations
 
-import math
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jpeglm import model as model_lib
 from jpeglm.codecs import jpeg_stream
-from jpeglm.evaluation.bits_per_byte import sequence_rows
-from jpeglm.train_state import abstract_params
 
 PARTS = ("header", "markers", "flat_mcus", "detailed_mcus", "end")
 FLAT_BYTES = 2
@@ -45,37 +38,10 @@ def byte_parts(stream: bytes, max_pixels: int = 1 << 26) -> np.ndarray:
   return parts
 
 
-def token_bits(config, params, tokenizer, streams: list[bytes], batch_rows: int = 4
-               ) -> list[np.ndarray]:
-  """Per stream, the model's bits for each of its tokens and then for EOS (teacher-forced
-  from BOS, rows of `model.max_len` as `bits_per_byte` cuts them)."""
-  apply = model_lib.make_apply_fn(abstract_params(config).graphdef, segment_masking=False)
-
-  @jax.jit
-  def nll(params, inputs, targets):
-    logp = jax.nn.log_softmax(apply(params, {"inputs": inputs}), -1)
-    return -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
-
-  encoded = [tokenizer.encode(s) for s in streams]
-  inputs, targets, weights = sequence_rows(encoded, tokenizer.bos_id, tokenizer.eos_id,
-                                           int(config.model.max_len))
-  pad = -len(inputs) % batch_rows
-  inputs, targets = (np.pad(x, ((0, pad), (0, 0))) for x in (inputs, targets))
-  weights = np.pad(weights, ((0, pad), (0, 0)))
-  rows = [np.asarray(nll(params, inputs[i:i + batch_rows], targets[i:i + batch_rows]))
-          for i in range(0, len(inputs), batch_rows)]
-  flat = np.concatenate(rows)[weights > 0] / math.log(2.0)
-  out, at = [], 0
-  for tokens in encoded:
-    out.append(flat[at:at + len(tokens) + 1])
-    at += len(tokens) + 1
-  return out
-
-
 def bits_by_part(tokenizer, streams: list[bytes], bits: list[np.ndarray],
                  max_pixels: int = 1 << 26) -> dict[str, dict[str, float]]:
   """{part: {"bits": per stream, "bytes": per stream, "bits_per_byte"}} over `streams`,
-  with `bits` from `token_bits`; EOS's bits count to "end"."""
+  with `bits` from `bits_per_byte.token_bits`; EOS's bits count to "end"."""
   total_bits = np.zeros(len(PARTS))
   total_bytes = np.zeros(len(PARTS))
   for stream, stream_bits in zip(streams, bits):
