@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m jpeglm.demo --demo $(DEMO) --out $(DEMO_OUT)
+	$(PY) -m jpeglm.demos --demo $(DEMO) --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests

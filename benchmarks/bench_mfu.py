@@ -2,7 +2,7 @@
 
 The step is `jpeglm train`'s own (state layout, jitted step with donation, AdamW), run on
 random tokens on every local device as one mesh. MFU = model FLOPs / (step time x peak x
-devices), two conventions: ours (jpeglm.flops: 6N + 12 L d T per token, attention counted
+devices), two conventions: ours (jpeglm.fit.flops: 6N + 12 L d T per token, attention counted
 whole) and MaxText's (attention halved for the causal mask), which the anchor number uses
 (MaxText Llama-2-7B: ~492 TFLOP/s per H100, ~50% MFU at 4,096 tokens).
 
@@ -44,9 +44,12 @@ def main() -> None:
   import numpy as np
 
   from configs.jpeglm import get_config
-  from jpeglm import flops, model as model_lib, optimizer as opt_lib, sharding
-  from jpeglm.train_state import init_state
-  from jpeglm.train_step import make_train_step
+  from jpeglm.fit import flops
+  from jpeglm.model import transformer as model_lib
+  from jpeglm.training import optimizer as opt_lib
+  from jpeglm.model import sharding
+  from jpeglm.training.state import init_state
+  from jpeglm.training.step import make_train_step
 
   config = get_config(f"size={args.size},codec=jpeg")
   config.data.seq_len = config.model.max_len = args.seq_len

@@ -49,7 +49,7 @@ from data_pipeline.media_files import builtin_photos  # noqa: E402
 from jpeglm.codecs import JpegCodec, open_image  # noqa: E402
 from jpeglm.codecs.jpeg_grammar import JpegGrammar  # noqa: E402
 from jpeglm.export import hf_layout  # noqa: E402
-from jpeglm.model import ModelConfig, Transformer  # noqa: E402
+from jpeglm.model.transformer import ModelConfig, Transformer  # noqa: E402
 from jpeglm.sampling.generate import Generator, SamplingSettings  # noqa: E402
 from jpeglm.tokenizer import ByteTokenizer  # noqa: E402
 

@@ -64,8 +64,8 @@ def jax_step(args):
   import optax
   from flax import nnx
 
-  from jpeglm.losses import cross_entropy
-  from jpeglm.model import ModelConfig, Transformer
+  from jpeglm.training.losses import cross_entropy
+  from jpeglm.model.transformer import ModelConfig, Transformer
 
   cfg = ModelConfig(vocab_size=VOCAB, d_model=D, n_layers=LAYERS, n_heads=HEADS,
                     n_kv_heads=HEADS, d_ff=FF, max_len=SEQ, attention=args.attention,

@@ -16,7 +16,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jpeglm.config_io import load_config  # noqa: E402
-from jpeglm.metrics_log import read_metrics  # noqa: E402
+from jpeglm.training.metrics_log import read_metrics  # noqa: E402
 from jpeglm.train import train_and_evaluate  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

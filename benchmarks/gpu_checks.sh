@@ -64,7 +64,7 @@ fi
 if [ "$WHAT" = digits ] || [ "$WHAT" = remat ]; then
   # The digits demo with the training time given (DIGITS_SECONDS): what a GPU gives it.
   digits=$(mktemp -d)
-  part digits $((${DIGITS_SECONDS:-90} + 120)) $PY -c "import sys; import jpeglm.demo_digits as d; \
+  part digits $((${DIGITS_SECONDS:-90} + 120)) $PY -c "import sys; import jpeglm.demos.digits as d; \
 d.TRAIN_SECONDS = float(sys.argv[2]); d.main(sys.argv[1])" "$digits" "${DIGITS_SECONDS:-90}"
   cp "$digits/summary.json" "$OUT/digits_summary.json"
   for kind in unconditional_syntax_safe completions; do

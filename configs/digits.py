@@ -6,7 +6,7 @@ one component (`codec.color="gray"`): ~207 bytes a digit, ~126 tokens with the p
 BPE at vocabulary 320. The context (256) holds about two digits; 20% of the digits (the same
 share of each class) are held out and never trained on. The default model (d 128, 2 layers,
 0.48M parameters, batch 32) is the one `make demo` trains for ~145 s on two CPU cores,
-fitting train.steps to the machine (jpeglm.demo_digits): ~0.24 s a step at load 3, ~0.4 s at
+fitting train.steps to the machine (jpeglm.demos.digits): ~0.24 s a step at load 3, ~0.4 s at
 load 5. 600 steps is the config's own default.
 
 Why this shape (2026-11-26 sweep at equal training time, README): 2 layers instead of 4 runs
@@ -17,7 +17,7 @@ top-k 4 (below).
 
   jpeglm train --config configs/digits.py --workdir /tmp/digits
   jpeglm sample --workdir /tmp/digits --config.sample.syntax_safe=True --num-samples 16
-  python -m jpeglm.demo                # trains this config, samples, scores the samples
+  python -m jpeglm.demos                # trains this config, samples, scores the samples
 
 `configs/digits.py:model=large` (d 256, 4 layers, 3.2M parameters) for longer runs.
 """

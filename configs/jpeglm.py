@@ -117,7 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.attention_block_q_bwd = 512
   c.model.attention_block_kv_bwd = 512
   c.model.scan_layers = True
-  # jpeglm.remat: none, save_matmuls, minimal, save_attention, save_qkv_proj,
+  # jpeglm.model.remat: none, save_matmuls, minimal, save_attention, save_qkv_proj,
   # offload_attention, full. "save_attention" keeps q/k/v and attention's output, so the
   # backward pass never reruns attention, the costly part at 12,288+ tokens; 7b uses "full",
   # which fits the slices in launch/README.md's table (v5p-16, v4-64, ...).
@@ -146,7 +146,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 100 if size in ("tiny", "small") else 1000
   c.train.keep_checkpoints = 3
   # > 0: every this many steps, syntax-safe samples and completions of held-out images go to
-  # TensorBoard and WORKDIR/samples/step_N/ (jpeglm.train_samples)
+  # TensorBoard and WORKDIR/samples/step_N/ (jpeglm.training.samples)
   c.train.sample_every = 0
 
   c.sample = ml_collections.ConfigDict()

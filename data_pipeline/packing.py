@@ -17,7 +17,7 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from jpeglm import batch_spec
+from jpeglm.training import batch_spec
 
 PACKINGS = ("concat", "document")
 # Bins open at once in first-fit packing: more bins, less padding, more documents in flight.
@@ -86,7 +86,7 @@ class FinishBatch(grain.transforms.Map):
     targets_BxL = batch["targets"].astype(np.int32)
     weights_BxL = (batch["segment_ids"] > 0).astype(np.float32)
     bytes_BxL = self.piece_lengths[targets_BxL] * (weights_BxL > 0)
-    return batch_spec.conform({  # the arrays and dtypes of jpeglm.batch_spec
+    return batch_spec.conform({  # the arrays and dtypes of jpeglm.training.batch_spec
         "inputs": batch["inputs"], "targets": targets_BxL,
         "segment_ids": batch["segment_ids"], "positions": batch["positions"],
         "weights": weights_BxL, "target_tokens": weights_BxL.sum(axis=1),

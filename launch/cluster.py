@@ -33,7 +33,7 @@ def check_mesh(config_spec: str, overrides: Sequence[str], num_devices: int, whe
   """Raises LaunchError (one line) when the config's mesh does not fit `num_devices`."""
   from jpeglm.config_io import load_config
   from jpeglm.errors import JpeglmError
-  from jpeglm.sharding import mesh_shape
+  from jpeglm.model.sharding import mesh_shape
 
   try:
     config = load_config(config_spec, overrides)
@@ -52,7 +52,7 @@ def slice_overrides(config_spec: str, overrides: Sequence[str], num_slices: int,
   line) when it does not, or when `mesh.dcn_data` is given and is not the slice count."""
   from jpeglm.config_io import load_config
   from jpeglm.errors import JpeglmError
-  from jpeglm.sharding import mesh_shape
+  from jpeglm.model.sharding import mesh_shape
 
   given = [o for o in overrides if o.startswith(DCN_OVERRIDE)]
   try:
@@ -83,7 +83,7 @@ def parse_actions(text: str) -> list[str]:
 
 
 def tpu(args: argparse.Namespace, overrides: list[str]) -> None:
-  from jpeglm.compile_check import parse_topology
+  from jpeglm.fit.compile_check import parse_topology
   from jpeglm.errors import JpeglmError
   from launch.tpu_slice import Slice
 

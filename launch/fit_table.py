@@ -4,7 +4,7 @@ Each row is `jpeglm compile-check` of `configs/jpeglm.py:size=7b,codec=...` with
 overrides shown: the train step of `jpeglm train` compiled by libtpu for the slice on this
 machine (no TPU needed: pip install 'jpeglm[tpu]'). Memory is the compiler's; step time
 and MFU are labelled estimates from the compiled programs' FLOPs and HBM bytes against the
-chip's published peaks (jpeglm.step_cost), ignoring communication: a floor and a ceiling.
+chip's published peaks (jpeglm.fit.step_cost), ignoring communication: a floor and a ceiling.
 
   .venv/bin/python launch/fit_table.py [--only jpeg|avc] [--rows N,N]
 
@@ -39,7 +39,7 @@ ROWS = [
 
 
 def row_line(codec: str, topology: str, overrides: dict, estimate: bool) -> str:
-  from jpeglm.compile_check import GIB, check
+  from jpeglm.fit.compile_check import GIB, check
   from jpeglm.config_io import load_config
 
   config = load_config(f"configs/jpeglm.py:size=7b,codec={codec}",

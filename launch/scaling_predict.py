@@ -5,9 +5,9 @@
       [--per-chip-batch 4] [--mode weak|strong|both] [--out DIR] [--max-compiles 4]
 
 For every chip count the slice (v5p-2N for N chips: Cloud names count TensorCores) is
-searched by `jpeglm.plan`: mesh, micro-batching and remat, each candidate compiled ahead of
+searched by `jpeglm.fit.plan`: mesh, micro-batching and remat, each candidate compiled ahead of
 time with libtpu and ranked by its estimated step time (compiled FLOPs and HBM bytes against
-the chip's peaks, compiled collectives against its ICI bandwidth; see jpeglm/plan.py). The
+the chip's peaks, compiled collectives against its ICI bandwidth; see jpeglm/fit/plan.py). The
 best that fits gives the point:
   - strong scaling: the global batch fixed (--global-batch, default the config's);
   - weak scaling: --per-chip-batch rows per chip (default: the strong batch / the smallest
@@ -36,7 +36,7 @@ FIELDS = ("mode", "chips", "topology", "global_batch", "layout", "remat", "grad_
 
 def topology_name(generation: str, chips: int) -> str:
   """Cloud TPU slice name for `chips` chips: v5p/v4 names count TensorCores (2 per chip)."""
-  from jpeglm.compile_check import _ALIASES, _GENERATIONS, ConfigError
+  from jpeglm.fit.compile_check import _ALIASES, _GENERATIONS, ConfigError
 
   gen = _ALIASES.get(generation.lower(), generation.lower())
   if gen not in _GENERATIONS:
@@ -46,8 +46,8 @@ def topology_name(generation: str, chips: int) -> str:
 
 
 def best_point(config, topology: str, global_batch: int, args, log=print) -> dict | None:
-  from jpeglm.compile_check import GIB
-  from jpeglm.plan import plan
+  from jpeglm.fit.compile_check import GIB
+  from jpeglm.fit.plan import plan
 
   results = plan(config, topology, global_batch=global_batch, top=args.top,
                  max_compiles=args.max_compiles, jobs=args.jobs, cache_path=args.cache,

@@ -6,9 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jpeglm import attention, context_parallel, sharding
+from jpeglm.model import attention
+from jpeglm.model import context_parallel
+from jpeglm.model import sharding
 from jpeglm.errors import ConfigError
-from jpeglm.splash import SplashBlocks
+from jpeglm.model.splash import SplashBlocks
 
 B, L, N, H = 2, 512, 4, 32
 BLOCKS = SplashBlocks(128, 128, 128, 128)  # the kernel's smallest tiles: more than one block

@@ -3,10 +3,10 @@
 import pytest
 
 from jpeglm.cli import main
-from jpeglm.compile_check import GIB, check, parse_topology
+from jpeglm.fit.compile_check import GIB, check, parse_topology
 from jpeglm.config_io import load_config
 from jpeglm.errors import ConfigError
-from jpeglm.memory_report import memory_report
+from jpeglm.fit.memory_report import memory_report
 from tests.train_helpers import CONFIG
 
 

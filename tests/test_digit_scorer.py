@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 from scipy import fft
 
-from jpeglm import demo_digits
+from jpeglm.demos import digits as demo_digits
 from jpeglm.codecs import make_codec
 from jpeglm.config_io import load_config
-from jpeglm.digit_scorer import CONFIDENT, DigitScorer, deskew, to_pixels
+from jpeglm.demos.digit_scorer import CONFIDENT, DigitScorer, deskew, to_pixels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "tests", "data", "digit_noise_samples")

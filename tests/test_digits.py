@@ -82,8 +82,8 @@ def test_digits_feed_images_only():
 
 
 def test_demo_fits_its_steps_to_the_time_budget():
-  from jpeglm import demo_digits
-  from jpeglm.optimizer import learning_rate_schedule
+  from jpeglm.demos import digits as demo_digits
+  from jpeglm.training.optimizer import learning_rate_schedule
 
   # 120 s left, 10 s of it a restart, 2 steps/s: 220 steps, 15% more, after a 21-step warm-up.
   steps = demo_digits.fit_steps(120.0, 2.0, 21, 10.0)

@@ -17,8 +17,8 @@ from jpeglm.config_io import read_config
 from jpeglm.errors import JpeglmError
 from jpeglm.evaluation.bits_per_byte import bits_per_byte, sequence_rows
 from jpeglm.evaluation.protocol import sampled_bytes, pick_images
-from jpeglm.model import ModelConfig
-from jpeglm.sampling import kv_cache
+from jpeglm.model.transformer import ModelConfig
+from jpeglm.sampling import inference_model
 from jpeglm.sampling.run import load_run
 from jpeglm.tokenizer import ByteTokenizer
 
@@ -62,9 +62,9 @@ def test_bits_per_byte_equals_a_direct_forward_pass(trained_run):
   sequence = [run.tokenizer.bos_id, *run.tokenizer.encode(stream), run.tokenizer.eos_id]
   assert len(sequence) - 1 <= config.model.max_len  # one row: no cut to account for
   cfg = ModelConfig.from_config(config.model)
-  logits_1xTxV, _ = kv_cache.forward(run.params, cfg, jnp.asarray([sequence[:-1]]), jnp.int32(0),
+  logits_1xTxV, _ = inference_model.forward(run.params, cfg, jnp.asarray([sequence[:-1]]), jnp.int32(0),
                                      jnp.zeros((1,), jnp.int32),
-                                     kv_cache.init_cache(cfg, 1, len(sequence) - 1))
+                                     inference_model.init_cache(cfg, 1, len(sequence) - 1))
   log_probs_TxV = np.asarray(jax.nn.log_softmax(logits_1xTxV[0].astype(jnp.float32)))
   nll = -log_probs_TxV[np.arange(len(sequence) - 1), sequence[1:]].sum()
   expected = nll / math.log(2) / len(stream)

@@ -20,7 +20,7 @@ from jpeglm.export.checkpoint_reader import CheckpointReader
 from jpeglm.export.export import export_workdir
 from jpeglm.export.importer import import_hf
 from jpeglm.export.verify import compare_logits, greedy_jax, jax_logits_fn
-from jpeglm.model import ModelConfig
+from jpeglm.model.transformer import ModelConfig
 from jpeglm.tokenizer import ByteTokenizer, bytes_to_text
 from jpeglm.train import train_and_evaluate
 from tests.train_helpers import CONFIG, REPO, tiny_overrides
@@ -225,7 +225,7 @@ def test_export_streams_below_two_copies_of_the_weights(run, tmp_path):
   before it started stays well under two copies of the weights (all params plus all HF
   tensors, the non-streaming way). Measured here: ~1.1x, i.e. the largest leaf (75 MB) and
   Orbax's read buffer for it, one 64 MB shard, and fixed overheads."""
-  from jpeglm.checkpointing import Checkpointer, encode_file
+  from jpeglm.training.checkpointing import Checkpointer, encode_file
   from jpeglm.export import hf_layout
   config = load_config(CONFIG, tiny_overrides(run["tokenizer"].path, **{
       "model.d_model": 768, "model.n_layers": 8, "model.n_heads": 8, "model.n_kv_heads": 8,

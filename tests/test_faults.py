@@ -5,7 +5,7 @@ import signal
 import numpy as np
 import pytest
 
-from jpeglm import faults
+from jpeglm.training import faults
 
 
 def test_specs_parse_and_typos_fail_loudly():

@@ -5,7 +5,7 @@ the next attempt counts the steps it redoes, and the workdir sums the attempts.
 import json
 import time
 
-from jpeglm import goodput
+from jpeglm.training import goodput
 
 
 def _attempt(workdir, start_step, steps, end_step=10, checkpoint_at=(), finish=True):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jpeglm import attention
+from jpeglm.model import attention
 
 pytestmark = pytest.mark.skipif(not any(d.platform == "gpu" for d in jax.devices()),
                                 reason="needs a CUDA GPU (jax.devices() has none)")
@@ -74,8 +74,8 @@ def test_model_with_cudnn_equals_chunked_in_bfloat16():
   from flax import nnx
 
   from configs.jpeglm import get_config
-  from jpeglm.losses import cross_entropy
-  from jpeglm.model import ModelConfig, Transformer
+  from jpeglm.training.losses import cross_entropy
+  from jpeglm.model.transformer import ModelConfig, Transformer
 
   base = ModelConfig.from_config(get_config("size=tiny").model)
   cfg = dataclasses.replace(base, d_model=256, n_heads=4, n_kv_heads=2, d_ff=704, n_layers=2,

@@ -10,7 +10,7 @@ from flax import nnx
 
 from configs.jpeglm import get_config
 from jpeglm.export import hf_layout
-from jpeglm.model import ModelConfig, Transformer
+from jpeglm.model.transformer import ModelConfig, Transformer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -10,7 +10,7 @@ import tomllib
 
 from packaging.specifiers import SpecifierSet
 
-from jpeglm import distributed
+from jpeglm.runtime import distributed
 from tests.launch_helpers import CONFIG_7B, FAKES, commands, launch, train_tail
 from tests.train_helpers import CONFIG, REPO, env_with_devices, tiny_overrides
 

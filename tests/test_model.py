@@ -10,11 +10,11 @@ from flax import nnx
 
 from configs.jpeglm import get_config
 from jpeglm.errors import ConfigError
-from jpeglm.losses import cross_entropy
-from jpeglm.train_state import abstract_params
-from jpeglm.attention import attention_chunked, attention_einsum
-from jpeglm.model import ModelConfig, Transformer
-from jpeglm.remat import POLICIES
+from jpeglm.training.losses import cross_entropy
+from jpeglm.training.state import abstract_params
+from jpeglm.model.attention import attention_chunked, attention_einsum
+from jpeglm.model.transformer import ModelConfig, Transformer
+from jpeglm.model.remat import POLICIES
 
 B, L = 2, 32
 

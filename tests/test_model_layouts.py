@@ -10,9 +10,9 @@ import pytest
 from flax import nnx
 
 from configs.jpeglm import get_config
-from jpeglm import sharding
-from jpeglm.losses import cross_entropy
-from jpeglm.model import ModelConfig, Transformer, make_apply_fn
+from jpeglm.model import sharding
+from jpeglm.training.losses import cross_entropy
+from jpeglm.model.transformer import ModelConfig, Transformer, make_apply_fn
 
 B, L = 4, 256  # splash tiles are 128: two per row, one per shard with context=2
 

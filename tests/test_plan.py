@@ -8,9 +8,10 @@ import pytest
 
 from jpeglm.cli import main
 from jpeglm.config_io import load_config
-from jpeglm import sharding, step_cost
-from jpeglm.compile_check import analytic_report, parse_topology
-from jpeglm.plan import (Candidate, Result, _needs_more_memory, candidates, compile_order,
+from jpeglm.model import sharding
+from jpeglm.fit import step_cost
+from jpeglm.fit.compile_check import analytic_report, parse_topology
+from jpeglm.fit.plan import (Candidate, Result, _needs_more_memory, candidates, compile_order,
                          rank_key)
 from tests.train_helpers import CONFIG, run_train, tiny_overrides, train_tiny_tokenizer
 

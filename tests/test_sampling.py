@@ -18,13 +18,13 @@ from PIL import Image
 from configs.jpeglm import get_config
 from data_pipeline.media_files import builtin_photos
 from jpeglm.codecs import JpegCodec, open_image
-from jpeglm import sharding
+from jpeglm.model import sharding
 from jpeglm.codecs.jpeg_grammar import JpegGrammar
-from jpeglm.decoding import CHUNK
+from jpeglm.model.kv_cache import CHUNK
 from jpeglm.errors import ConfigError
 from jpeglm.config_io import read_config
-from jpeglm.model import ModelConfig, Transformer
-from jpeglm.sampling import kv_cache
+from jpeglm.model.transformer import ModelConfig, Transformer
+from jpeglm.sampling import inference_model
 from jpeglm.sampling.generate import Generator, SamplingSettings, prefill_length
 from jpeglm.sampling.run import sample_from_workdir
 from jpeglm.tokenizer import ByteTokenizer
@@ -40,7 +40,7 @@ def tiny_model(**changes):
   return cfg, forward, nnx.to_pure_dict(state)
 
 
-cached_forward = jax.jit(kv_cache.forward, static_argnames=("cfg",))
+cached_forward = jax.jit(inference_model.forward, static_argnames=("cfg",))
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +62,10 @@ def reference_logits(kv_heads: int):
 
 def decode_token_by_token(cfg, params, tokens, mesh=None):
   """Prefill (the model's kernel) then one token per step; logits [2, PREFILL + DECODE, V]."""
-  step = jax.jit(kv_cache.forward, static_argnames=("cfg", "prefill"))
+  step = jax.jit(inference_model.forward, static_argnames=("cfg", "prefill"))
   pad = jnp.array([0, 5], jnp.int32)
   with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
-    cache = kv_cache.init_cache(cfg, 2, PREFILL + DECODE, pad)
+    cache = inference_model.init_cache(cfg, 2, PREFILL + DECODE, pad)
     logits, cache = step(params, cfg, tokens[:, :PREFILL], 0, pad, cache, prefill=True)
     out = [logits]
     for i in range(PREFILL, PREFILL + DECODE):
@@ -110,8 +110,8 @@ def test_decoding_refuses_a_context_axis():
   cfg, _, params = tiny_model()
   mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "context": 2, "tensor": 1})
   with jax.set_mesh(mesh), pytest.raises(ConfigError, match="context"):
-    kv_cache.forward(params, cfg, jnp.ones((2, 1), jnp.int32), 0, jnp.zeros((2,), jnp.int32),
-                     kv_cache.init_cache(cfg, 2, 8))
+    inference_model.forward(params, cfg, jnp.ones((2, 1), jnp.int32), 0, jnp.zeros((2,), jnp.int32),
+                     inference_model.init_cache(cfg, 2, 8))
 
 
 def test_a_decode_step_reads_only_the_filled_chunks():
@@ -119,7 +119,7 @@ def test_a_decode_step_reads_only_the_filled_chunks():
   cfg, model, params = tiny_model()
   tokens = jax.random.randint(jax.random.key(4), (1, 12), 3, 320)
   pad = jnp.zeros((1,), jnp.int32)
-  cache = kv_cache.init_cache(cfg, 1, 3 * CHUNK)
+  cache = inference_model.init_cache(cfg, 1, 3 * CHUNK)
   beyond = jnp.arange(cache.size) >= CHUNK
   cache = dataclasses.replace(cache, k=jnp.where(beyond[:, None], jnp.nan, cache.k),
                               v=jnp.where(beyond[:, None], jnp.nan, cache.v))
@@ -136,7 +136,7 @@ def test_left_padded_prompts_see_only_themselves():
   tokens = jax.random.randint(jax.random.key(2), (2, 20), 3, 320)
   padded = tokens.at[1, :5].set(0)
   logits, _ = cached_forward(params, cfg, padded, jnp.int32(0), jnp.array([0, 5]),
-                               kv_cache.init_cache(cfg, 2, 24))
+                               inference_model.init_cache(cfg, 2, 24))
   np.testing.assert_allclose(logits[1, 5:], model(tokens[1:2, 5:])[0], atol=2e-5, rtol=2e-5)
 
 

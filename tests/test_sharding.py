@@ -16,10 +16,10 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from configs.jpeglm import get_config
-from jpeglm import sharding
+from jpeglm.model import sharding
 from jpeglm.errors import ConfigError
-from jpeglm.losses import cross_entropy
-from jpeglm.model import ModelConfig, Transformer, make_apply_fn
+from jpeglm.training.losses import cross_entropy
+from jpeglm.model.transformer import ModelConfig, Transformer, make_apply_fn
 
 LAYOUTS = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2), (4, 2, 1), (1, 2, 4)]
 B, L = 8, 32
@@ -121,7 +121,7 @@ def test_loss_and_grads_equal_single_device(layout, reference):
 
 
 def init_sharded(create, mesh):
-  """A module built directly sharded, as jpeglm.train_state.init_state builds the train state:
+  """A module built directly sharded, as jpeglm.training.state.init_state builds the train state:
   abstract shapes -> shardings by the logical-axis rules -> init under jit."""
   with nnx.use_eager_sharding(False):
     graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
@@ -161,7 +161,7 @@ WORKER = textwrap.dedent("""
     from flax import nnx
     sys.path.insert(0, "tests")
     import test_sharding as t
-    from jpeglm import sharding
+    from jpeglm.model import sharding
     assert jax.device_count() == 8 and jax.local_device_count() == 4
     mesh = sharding.make_mesh(t.mesh_cfg(2, 2, 2))
     graphdef, params = t.init_sharded(lambda: t.Transformer(t.cfg(), nnx.Rngs(0)), mesh)

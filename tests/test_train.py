@@ -12,14 +12,18 @@ import jax
 import numpy as np
 import pytest
 
-from jpeglm import batch_spec, goodput, model as model_lib, optimizer as opt_lib, sharding
-from jpeglm import train_step
+from jpeglm.training import batch_spec
+from jpeglm.training import goodput
+from jpeglm.model import transformer as model_lib
+from jpeglm.training import optimizer as opt_lib
+from jpeglm.model import sharding
+from jpeglm.training import step as train_step
 from jpeglm.cli import main
 from jpeglm.config_io import load_config
 from jpeglm.errors import ConfigError, JpeglmError
 from jpeglm.train import train_and_evaluate
-from jpeglm.train_state import init_state
-from jpeglm.train_step import make_train_step
+from jpeglm.training.state import init_state
+from jpeglm.training.step import make_train_step
 from tests.train_helpers import (CONFIG, env_with_devices, free_port, losses, run_train,
                                  tiny_overrides, train_command)
 

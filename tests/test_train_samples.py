@@ -56,7 +56,7 @@ def tiny_digits_config(tmp_path, **train):
 @pytest.mark.slow  # ~45 s on the loaded 2-core machine: a run, then 12 syntax-safe samples
 def test_training_writes_sample_grids_tensorboard_can_read(tmp_path):
   from jpeglm.train import train_and_evaluate
-  from jpeglm.train_samples import NUM_PROMPTS, NUM_UNCONDITIONAL
+  from jpeglm.training.samples import NUM_PROMPTS, NUM_UNCONDITIONAL
 
   config = tiny_digits_config(tmp_path, **{"train.sample_every": 2})
   workdir = str(tmp_path / "run")
@@ -96,7 +96,7 @@ def test_training_writes_sample_grids_tensorboard_can_read(tmp_path):
 def test_prompts_are_spread_over_the_held_out_digits():
   from data_pipeline import digits, sources
   from jpeglm.codecs import JpegCodec
-  from jpeglm.train_samples import held_out_streams
+  from jpeglm.training.samples import held_out_streams
 
   config = load_config(CONFIG)
   images, labels = digits.load_digits()
@@ -108,8 +108,8 @@ def test_prompts_are_spread_over_the_held_out_digits():
 
 
 def test_sample_every_needs_jpeg(tmp_path):
-  from jpeglm.metrics_log import MetricsLog
-  from jpeglm.train_samples import TrainSamples
+  from jpeglm.training.metrics_log import MetricsLog
+  from jpeglm.training.samples import TrainSamples
 
   config = load_config(os.path.join(ROOT, "configs", "jpeglm.py") + ":size=tiny,codec=avc",
                        ["--config.train.sample_every=5"])

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace, overrides) -> int:
-  from jpeglm.compile_check import check
+  from jpeglm.fit.compile_check import check
   from jpeglm.config_io import load_config
 
   config = load_config(args.config, overrides)

@@ -35,7 +35,7 @@ def _run(args, overrides) -> int:
   from jpeglm.config_io import apply_overrides, read_config
   from jpeglm.evaluation.protocol import evaluate
   from jpeglm.evaluation.report import format_table
-  from jpeglm.run_setup import CONFIG_FILE
+  from jpeglm.training.run_setup import CONFIG_FILE
 
   config = apply_overrides(read_config(os.path.join(args.workdir, CONFIG_FILE)), overrides)
   out = args.out or os.path.join(args.workdir, "eval")

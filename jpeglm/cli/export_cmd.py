@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 def _export(args, overrides) -> int:
   from jpeglm.config_io import apply_overrides, read_config
   from jpeglm.export.export import export_workdir
-  from jpeglm.run_setup import CONFIG_FILE
+  from jpeglm.training.run_setup import CONFIG_FILE
 
   config = None
   if overrides:
@@ -50,7 +50,7 @@ def _export(args, overrides) -> int:
   if args.verify:
     import ml_collections
     from jpeglm.export.verify import verify_export
-    from jpeglm.model import ModelConfig
+    from jpeglm.model.transformer import ModelConfig
     cfg = ModelConfig.from_config(ml_collections.ConfigDict(reader.meta["config"]).model)
     print(verify_export(reader.read_params(), cfg, args.out).line())
   return 0

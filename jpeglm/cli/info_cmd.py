@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 def _info(args: argparse.Namespace, overrides) -> int:
   from jpeglm.config_io import load_config
   from jpeglm.errors import ConfigError
-  from jpeglm.memory_report import memory_report
+  from jpeglm.fit.memory_report import memory_report
 
   if args.devices is not None and args.devices < 1:
     raise ConfigError(f"--devices {args.devices}: must be >= 1")

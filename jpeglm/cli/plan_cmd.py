@@ -27,9 +27,9 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace, overrides) -> int:
-  from jpeglm.compile_check import GIB
+  from jpeglm.fit.compile_check import GIB
   from jpeglm.config_io import load_config
-  from jpeglm.plan import plan
+  from jpeglm.fit.plan import plan
 
   config = load_config(args.config, overrides)
   results = plan(config, args.topology, num_slices=args.num_slices,

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 def _run(args, overrides) -> int:
   from jpeglm.config_io import apply_overrides, read_config
-  from jpeglm.run_setup import CONFIG_FILE
+  from jpeglm.training.run_setup import CONFIG_FILE
   from jpeglm.sampling.run import sample_from_workdir
 
   from jpeglm.errors import JpeglmError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-  from jpeglm import distributed
+  from jpeglm.runtime import distributed
 
   parser = subparsers.add_parser("train", help="pretrain a model; rerunning resumes")
   parser.add_argument("--config", required=True, help="configs/jpeglm.py[:size=...,codec=...]")
@@ -14,7 +14,7 @@ def register(subparsers) -> None:
 
 
 def _run(args, overrides) -> int:
-  from jpeglm import distributed
+  from jpeglm.runtime import distributed
   from jpeglm.config_io import load_config
 
   config = load_config(args.config, overrides)

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jpeglm import model as model_lib
-from jpeglm.train_state import abstract_params
+from jpeglm.model import transformer as model_lib
+from jpeglm.training.state import abstract_params
 
 
 def sequence_rows(streams_tokens: list[list[int]], bos: int, eos: int, row_len: int

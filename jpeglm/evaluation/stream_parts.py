@@ -3,7 +3,7 @@ entropy-coded data of flat and of detailed MCUs.
 
 A model that has learned the format but not the pictures spends almost nothing on the
 header and markers and almost all its bits on the detailed MCUs. For the digits demo
-(jpeglm.demo_digits) that tells a newcomer why samples still look like noise: a few
+(jpeglm.demos.digits) that tells a newcomer why samples still look like noise: a few
 hundred steps learn the background blocks exactly and the strokes' bytes barely below
 random (8 bits a byte).
 

@@ -14,11 +14,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jpeglm import run_setup
-from jpeglm.checkpointing import Checkpointer
+from jpeglm.training import run_setup
+from jpeglm.training.checkpointing import Checkpointer
 from jpeglm.errors import JpeglmError
 from jpeglm.export.hf_layout import ENTRIES, Entry, leaf_shape
-from jpeglm.model import ModelConfig
+from jpeglm.model.transformer import ModelConfig
 
 
 @dataclasses.dataclass

@@ -17,12 +17,12 @@ import os
 
 import ml_collections
 
-from jpeglm.checkpointing import decode_file
+from jpeglm.training.checkpointing import decode_file
 from jpeglm.errors import JpeglmError
 from jpeglm.export import hf_layout, tokenizer_files
 from jpeglm.export.checkpoint_reader import CheckpointReader
 from jpeglm.export.shards import DEFAULT_SHARD_BYTES, ShardWriter, plan_shards
-from jpeglm.model import ModelConfig
+from jpeglm.model.transformer import ModelConfig
 from jpeglm.tokenizer import BYTE_OFFSET, ByteTokenizer
 
 BYTES_PER = {"float32": 4, "bfloat16": 2}

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from jpeglm.errors import JpeglmError
-from jpeglm.model import ModelConfig
+from jpeglm.model.transformer import ModelConfig
 
 LAYER_PREFIX = "model.layers.{i}."
 

@@ -22,12 +22,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jpeglm import checkpointing, optimizer as opt_lib, run_setup
+from jpeglm.training import checkpointing
+from jpeglm.training import optimizer as opt_lib
+from jpeglm.training import run_setup
 from jpeglm.config_io import apply_overrides, default_config, read_json_file
 from jpeglm.errors import JpeglmError
 from jpeglm.export import hf_layout
 from jpeglm.export.shards import HfWeights
-from jpeglm.model import DTYPES, ModelConfig
+from jpeglm.model.transformer import DTYPES, ModelConfig
 from jpeglm.tokenizer import ByteTokenizer
 
 ROTARY_BUFFERS = ("rotary_emb.inv_freq",)  # saved by old transformers; recomputed here

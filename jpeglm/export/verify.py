@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jpeglm.model import ModelConfig, Transformer, make_apply_fn
+from jpeglm.model.transformer import ModelConfig, Transformer, make_apply_fn
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """Batched generation with a KV cache: prefill the prompts, then one token per step.
 
-The model is `jpeglm.model.Transformer` itself, run with a `jpeglm.decoding.KVCache`: the
+The model is `jpeglm.model.transformer.Transformer` itself, run with a `jpeglm.model.kv_cache.KVCache`: the
 prompt's prefill uses the model's attention kernel, each decode step attends only to the
 filled part of the cache. Two loops:
   - free sampling runs entirely on the device (`lax.while_loop`, stops when every row has
@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jpeglm.decoding import CHUNK, KVCache
+from jpeglm.model.kv_cache import CHUNK, KVCache
 from jpeglm.errors import JpeglmError
-from jpeglm.model import ModelConfig
-from jpeglm.sampling import kv_cache
+from jpeglm.model.transformer import ModelConfig
+from jpeglm.sampling import inference_model
 from jpeglm.sampling.next_token import choose
 
 # Prompts are left-padded to a multiple of this (or of the splash blocks, when longer).
@@ -102,8 +102,8 @@ class Generator:
   # ---- device side --------------------------------------------------------------------------
 
   def _prefill_impl(self, params, tokens_BxP, starts_B, size: int):
-    cache = kv_cache.init_cache(self.cfg, tokens_BxP.shape[0], size, starts_B)
-    logits_BxPxV, cache = kv_cache.model(params, self.cfg)(tokens_BxP, cache=cache, prefill=True)
+    cache = inference_model.init_cache(self.cfg, tokens_BxP.shape[0], size, starts_B)
+    logits_BxPxV, cache = inference_model.model(params, self.cfg)(tokens_BxP, cache=cache, prefill=True)
     return logits_BxPxV[:, -1], cache
 
   def _choose_impl(self, logits_BxV, done_B, key, allowed_BxV):
@@ -115,7 +115,7 @@ class Generator:
 
   def _forward_impl(self, params, cache: KVCache, token_B):
     """The token at the cache's next slot -> logits for the slot after it."""
-    logits_Bx1xV, cache = kv_cache.model(params, self.cfg)(token_B[:, None], cache=cache)
+    logits_Bx1xV, cache = inference_model.model(params, self.cfg)(token_B[:, None], cache=cache)
     return logits_Bx1xV[:, 0], cache
 
   def _run_impl(self, params, cache, logits_BxV, key, buffer, stop):

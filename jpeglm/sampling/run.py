@@ -14,16 +14,17 @@ import jax
 import ml_collections
 from PIL import Image
 
-from jpeglm import model as model_lib
-from jpeglm import run_setup, sharding
-from jpeglm.checkpointing import Checkpointer
+from jpeglm.model import transformer as model_lib
+from jpeglm.training import run_setup
+from jpeglm.model import sharding
+from jpeglm.training.checkpointing import Checkpointer
 from jpeglm.codecs import AvcCodec, JpegCodec, make_codec
 from jpeglm.codecs.jpeg_grammar import JpegGrammar
 from jpeglm.errors import ConfigError
 from jpeglm.sampling import media
 from jpeglm.sampling.generate import Generation, Generator, SamplingSettings
 from jpeglm.tokenizer import ByteTokenizer
-from jpeglm.train_state import abstract_params
+from jpeglm.training.state import abstract_params
 
 
 @dataclasses.dataclass

@@ -8,7 +8,7 @@ def plot_losses(workdir: str, path: str, title: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  from jpeglm.metrics_log import read_metrics
+  from jpeglm.training.metrics_log import read_metrics
 
   rows = read_metrics(workdir)
   train = {r["step"]: r["bits_per_byte"] for r in rows if "bits_per_byte" in r}

@@ -21,7 +21,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jpeglm.sharding import constrain
+from jpeglm.model.sharding import constrain
 
 # Slots read per iteration of a decode step's loop; the cache holds a whole number of them.
 # Larger: fewer loop iterations; smaller: less reading past the filled length.

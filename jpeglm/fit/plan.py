@@ -11,7 +11,7 @@
    `top` of them fit or `max_compiles` ran.
 4. Those that fit are ranked by estimated step time: max(compute, HBM traffic, ICI
    collectives) + the cross-slice gradient all-reduce over DCN, from the compiled programs
-   (jpeglm.step_cost, jpeglm.collectives) and the published chip figures (jpeglm.tpu_specs).
+   (jpeglm.fit.step_cost, jpeglm.fit.collectives) and the published chip figures (jpeglm.fit.chips).
    ICI collectives are assumed hidden under compute (XLA overlaps them on TPU); DCN is not.
    Equal estimates (compute-bound layouts) go to the one whose ICI would cost least exposed.
 
@@ -32,7 +32,8 @@ import os
 
 import ml_collections
 
-from jpeglm import sharding, step_cost
+from jpeglm.model import sharding
+from jpeglm.fit import step_cost
 from jpeglm.errors import ConfigError
 
 REMATS = ("none", "minimal", "save_attention", "save_qkv_proj", "full")
@@ -138,8 +139,9 @@ def _compiled_settings(config: ml_collections.ConfigDict) -> dict:
 def _evaluate(args: tuple[dict, str, int]) -> dict:
   """Worker: compile one candidate and estimate its step (runs in a fresh process)."""
   config_dict, topology, num_slices = args
-  from jpeglm import collectives, compile_check
-  from jpeglm.tpu_specs import CHIPS
+  from jpeglm.fit import collectives
+  from jpeglm.fit import compile_check
+  from jpeglm.fit.chips import CHIPS
 
   config = ml_collections.ConfigDict(config_dict)
   try:
@@ -169,7 +171,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_slices: int = 1,
          global_batch: int | None = None, top: int = 3, max_compiles: int = 12,
          jobs: int = 2, cache_path: str | None = None, log=print) -> list[Result]:
   """Searches layouts for `config` on `topology`; returns the compiled ones, best first."""
-  from jpeglm import compile_check
+  from jpeglm.fit import compile_check
 
   config = ml_collections.ConfigDict(config.to_dict())
   if global_batch:
@@ -237,7 +239,7 @@ def compile_order(config: ml_collections.ConfigDict, layouts: list[Candidate], d
   estimate fits in `hbm` first, then the fewest micro-batches: each micro-batch reads the weights from HBM again, and ordering
   equals by memory safety instead (most micro-batches first) spent the compile budget on
   16-micro-batch layouts that HBM traffic, not compute, bounds (the 7B at 128-256 chips)."""
-  from jpeglm import compile_check
+  from jpeglm.fit import compile_check
 
   scored = []
   for c in layouts:

@@ -21,11 +21,12 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jpeglm import attention, context_parallel
+from jpeglm.model import attention
+from jpeglm.model import context_parallel
 from jpeglm.errors import ConfigError
-from jpeglm.sharding import logical_to_spec
+from jpeglm.model.sharding import logical_to_spec
 
-# Names the remat policies can save (jpeglm.remat): the kernel's own residuals.
+# Names the remat policies can save (jpeglm.model.remat): the kernel's own residuals.
 RESIDUALS_NAME = "attention_residuals"
 
 
@@ -53,7 +54,7 @@ class SplashBlocks:
 
 
 class BalancedCausalMask(mask_lib._ComputableMask):  # pylint: disable=protected-access
-  """Causal mask over a row in jpeglm.context_parallel's balanced order.
+  """Causal mask over a row in jpeglm.model.context_parallel's balanced order.
 
   Rows (queries) read their natural positions from `q_sequence`; columns (keys) are slots
   of the gathered row, turned into natural positions by arithmetic, which the kernel can

@@ -1,5 +1,5 @@
 """Small agreements between JAX processes: merging JSON states, waiting. (Stopping is
-agreed through the train step's metrics: see jpeglm.preemption.)"""
+agreed through the train step's metrics: see jpeglm.training.stop_codes.)"""
 
 from __future__ import annotations
 

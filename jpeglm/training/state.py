@@ -16,8 +16,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jpeglm import model as model_lib
-from jpeglm import sharding
+from jpeglm.model import transformer as model_lib
+from jpeglm.model import sharding
 
 
 @dataclasses.dataclass

@@ -200,7 +200,10 @@ def compile_train_step(config: ml_collections.ConfigDict, devices, topology_name
                        hbm_bytes: int | None, peaks: tuple[float, float] | None = None
                        ) -> FitReport:
   """Lowers and compiles the trainer's step for `devices`; reads the per-device memory."""
-  from jpeglm import flops, model as model_lib, sharding, train_step
+  from jpeglm.fit import flops
+  from jpeglm.model import transformer as model_lib
+  from jpeglm.model import sharding
+  from jpeglm.training import step as train_step
 
   mesh = sharding.make_mesh(config.mesh, devices=devices)
   sharding.check_batch_layout(config.train.global_batch, config.train.grad_accum,
@@ -234,7 +237,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices, topology_name
       report.peak_bytes = required
       report.note = "RESOURCE_EXHAUSTED from the TPU compiler: " + m.group(0)
       return report
-  from jpeglm.collectives import collective_bytes
+  from jpeglm.fit.collectives import collective_bytes
   report.collective_bytes = collective_bytes(compiled.as_text())
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -277,14 +280,14 @@ def activation_estimate(config: ml_collections.ConfigDict, axis_sizes: dict[str,
 def analytic_report(config: ml_collections.ConfigDict, topology: Topology | None,
                     num_devices: int, why: str) -> FitReport:
   """The memory_report figures plus an activation estimate, for when nothing can compile."""
-  from jpeglm.memory_report import memory_report
+  from jpeglm.fit.memory_report import memory_report
 
   mem = memory_report(config, num_devices)
   grads = mem.param_bytes  # gradients: one more copy of the parameter shards
   temp = activation_estimate(config, mem.mesh) + grads
   b = config.train.global_batch
   rows = math.ceil(b / (mem.mesh["data"] * mem.mesh["fsdp"]))
-  from jpeglm import batch_spec
+  from jpeglm.training import batch_spec
   batch = sum(math.prod(shape) * np.dtype(dtype).itemsize
               for shape, dtype in batch_spec.shapes(rows, config.data.seq_len).values())
   return FitReport(
@@ -294,7 +297,7 @@ def analytic_report(config: ml_collections.ConfigDict, topology: Topology | None
       peak_bytes=mem.param_bytes + mem.adam_bytes + batch + temp,
       hbm_bytes=topology.hbm_bytes if topology else None,
       note=f"{why}; parameters and optimizer state are exact, activations are a rough "
-           "estimate (jpeglm.compile_check.activation_estimate). Install the TPU compiler "
+           "estimate (jpeglm.fit.compile_check.activation_estimate). Install the TPU compiler "
            "with: pip install 'jpeglm[tpu]'")
 
 
@@ -306,7 +309,7 @@ def check(config: ml_collections.ConfigDict, topology_name: str,
   ceiling): two more small compiles (`estimate=False` skips them). `num_slices` > 1: that
   many slices joined over DCN, data parallel across them (`mesh.dcn_data`).
   """
-  from jpeglm import sharding
+  from jpeglm.model import sharding
 
   if num_slices > 1:
     if sharding.dcn_data(config.mesh) not in (1, num_slices):
@@ -330,7 +333,7 @@ def check(config: ml_collections.ConfigDict, topology_name: str,
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
     return analytic_report(config, topology, count, f"no TPU compiler available ({first})")
   name = topology.name if num_slices == 1 else f"{num_slices} x {topology.name}"
-  from jpeglm.tpu_specs import CHIPS
+  from jpeglm.fit.chips import CHIPS
   chip = CHIPS[topology.generation]
   report = compile_train_step(config, devices, name, topology.hbm_bytes,
                               (chip.flops, chip.hbm_bandwidth))
@@ -343,8 +346,8 @@ def check(config: ml_collections.ConfigDict, topology_name: str,
 
 
 def _add_step_cost(report: FitReport, config: ml_collections.ConfigDict, devices) -> None:
-  """Replaces the scanned program's raw costs with the whole step's (jpeglm.step_cost)."""
-  from jpeglm import step_cost
+  """Replaces the scanned program's raw costs with the whole step's (jpeglm.fit.step_cost)."""
+  from jpeglm.fit import step_cost
 
   def costs(small):
     r = compile_train_step(small, devices, report.topology, None)

@@ -33,7 +33,7 @@ _SHORT = {"startup_and_compile": "startup+compile", "training_steps": "steps",
           "data_wait": "data wait", "checkpoint_blocking": "checkpoints",
           "evaluation": "eval", "lost_to_restarts": "lost to restarts"}
 
-log = logging.getLogger("jpeglm.goodput")
+log = logging.getLogger("jpeglm.training.goodput")
 
 
 def read_attempts(workdir: str) -> list[dict]:

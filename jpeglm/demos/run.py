@@ -1,7 +1,7 @@
 """`make demo`: the whole path on real media that ship inside installed packages.
 
 `--demo digits` (the default, `make demo`): a JPEG-LM learns to draw MNIST digits in a few
-minutes on a CPU (jpeglm.demo_digits). `--demo photos` (`make demo DEMO=photos`), below:
+minutes on a CPU (jpeglm.demos.digits). `--demo photos` (`make demo DEMO=photos`), below:
 
 1. Encode the built-in photos as the paper does, train the byte BPE on them, check that
    image -> JPEG bytes -> tokens -> bytes -> image is lossless, and draw what the model sees
@@ -11,8 +11,8 @@ minutes on a CPU (jpeglm.demo_digits). `--demo photos` (`make demo DEMO=photos`)
 3. Sample from it: completions of real photos cut at half their rows, and unconditional
    images with and without syntax-safe decoding, counting how many decode completely.
 
-  python -m jpeglm.demo --out demo_out                 # digits
-  python -m jpeglm.demo --demo photos --out demo_out   # photos
+  python -m jpeglm.demos --out demo_out                 # digits
+  python -m jpeglm.demos --demo photos --out demo_out   # photos
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from data_pipeline.media_files import builtin_photos
 from jpeglm.codecs import JpegCodec, make_codec, open_image
 from jpeglm.config_io import load_config
-from jpeglm.loss_curve import plot_losses
+from jpeglm.training.loss_curve import plot_losses
 from jpeglm.tokenizer import ByteTokenizer
 from data_pipeline.tokenizer_training import codec_streams
 
@@ -151,7 +151,7 @@ def main() -> None:
   parser.add_argument("--skip-training", action="store_true")
   args = parser.parse_args()
   if args.demo == "digits":
-    from jpeglm import demo_digits
+    from jpeglm.demos import digits as demo_digits
     from jpeglm.errors import JpeglmError
     try:
       demo_digits.main(args.out, args.skip_training)

@@ -9,11 +9,11 @@
    decays within it. Draws the loss curve. Rerunning resumes (or finds the run finished).
 3. sample: unconditional syntax-safe samples, free samples, and completions of the top half
    of held-out digits.
-4. score: a scikit-learn classifier (jpeglm.digit_scorer) trained on held-out digits (never seen by the LM, none of
+4. score: a scikit-learn classifier (jpeglm.demos.digit_scorer) trained on held-out digits (never seen by the LM, none of
    them a prompt) reads the samples: the share of unconditional samples it names with
    confidence >= 0.9, and the share of completions it names as the prompt's digit.
 
-  python -m jpeglm.demo --out demo_out            # the same as `make demo`
+  python -m jpeglm.demos --out demo_out            # the same as `make demo`
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from data_pipeline import digits as digits_lib
 from data_pipeline import sources
 from jpeglm.codecs import make_codec
 from jpeglm.config_io import load_config
-from jpeglm.digit_scorer import CONFIDENT, DigitScorer, to_pixels
-from jpeglm.loss_curve import plot_losses
+from jpeglm.demos.digit_scorer import CONFIDENT, DigitScorer, to_pixels
+from jpeglm.training.loss_curve import plot_losses
 from jpeglm.errors import JpeglmError
 from jpeglm.evaluation import stream_parts
 from jpeglm.evaluation.bits_per_byte import token_bits
@@ -76,7 +76,7 @@ class Splits:
 
 
 def build_scorer(codec, splits: Splits) -> DigitScorer:
-  """The classifier of jpeglm.digit_scorer, on the scorer's held-out digits after the demo's
+  """The classifier of jpeglm.demos.digit_scorer, on the scorer's held-out digits after the demo's
   JPEG round trip (what the samples go through too)."""
   pixels = np.stack([to_pixels(codec.decode(codec.encode(splits.images[i])).image, codec.size)
                      for i in splits.scorer])
@@ -120,7 +120,7 @@ def fit_steps(seconds_left: float, steps_per_second: float, warmup_end: int,
 
 
 def train(out: str, config) -> dict:
-  from jpeglm.metrics_log import read_metrics
+  from jpeglm.training.metrics_log import read_metrics
   from jpeglm.train import train_and_evaluate
 
   workdir = os.path.join(out, "run")
@@ -174,7 +174,7 @@ def read_config_steps(workdir: str) -> int | None:
 
 def _measured_rate(workdir: str, warmup_end: int) -> float:
   """Steps per second over the warm-up's steps after MEASURE_FROM_STEP (metrics.jsonl)."""
-  from jpeglm.metrics_log import read_metrics
+  from jpeglm.training.metrics_log import read_metrics
 
   rows = [r for r in read_metrics(workdir)
           if "steps_per_second" in r and MEASURE_FROM_STEP < r["step"] <= warmup_end]
@@ -198,7 +198,7 @@ def sample_and_score(out: str, config, splits: Splits, scorer: DigitScorer) -> d
   from jpeglm.config_io import read_config
   from jpeglm.sampling.run import load_run
   from jpeglm.sampling.run import build_generator
-  from jpeglm.train_samples import decode_generations
+  from jpeglm.training.samples import decode_generations
 
   workdir = os.path.join(out, "run")
   run = load_run(workdir, read_config(os.path.join(workdir, "config.json")))

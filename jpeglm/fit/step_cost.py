@@ -23,7 +23,7 @@ import dataclasses
 
 import ml_collections
 
-from jpeglm import model as model_lib
+from jpeglm.model import transformer as model_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,7 @@ class StepCost:
   flops: float  # per device: the larger of the compiled count and the arithmetic
   bytes_accessed: float  # per device (HBM traffic)
   compiled_flops: float  # per device, XLA's cost analysis extrapolated (for the record)
-  collective_bytes: dict[str, float]  # per device, by kind (jpeglm.collectives)
+  collective_bytes: dict[str, float]  # per device, by kind (jpeglm.fit.collectives)
 
 
 # Forward matmuls each remat policy runs again in the backward pass (besides attention).

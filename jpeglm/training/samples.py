@@ -24,7 +24,7 @@ from PIL import Image
 
 from jpeglm.codecs import JpegCodec, make_codec
 from jpeglm.errors import ConfigError
-from jpeglm.metrics_log import MetricsLog
+from jpeglm.training.metrics_log import MetricsLog
 from jpeglm.sampling import media
 from jpeglm.sampling.run import build_generator
 from jpeglm.tokenizer import ByteTokenizer

@@ -2,7 +2,7 @@
 the compile checks lay it out from it.
 
 Every array is batch-major: per-token arrays are [rows, seq_len], per-row arrays [rows].
-"stop" (int32 per row, see jpeglm.preemption) is not data: the trainer adds it to each batch.
+"stop" (int32 per row, see jpeglm.training.stop_codes) is not data: the trainer adds it to each batch.
 """
 
 from __future__ import annotations

@@ -25,11 +25,12 @@ from flax import nnx
 
 from jax.ad_checkpoint import checkpoint_name
 
-from jpeglm import attention as attention_lib, context_parallel
-from jpeglm.decoding import KVCache, attend_cached
+from jpeglm.model import attention as attention_lib
+from jpeglm.model import context_parallel
+from jpeglm.model.kv_cache import KVCache, attend_cached
 from jpeglm.errors import ConfigError
-from jpeglm.remat import POLICIES as REMAT_POLICIES
-from jpeglm.sharding import constrain
+from jpeglm.model.remat import POLICIES as REMAT_POLICIES
+from jpeglm.model.sharding import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ATTENTION_IMPLS = attention_lib.ATTENTION_IMPLS
@@ -92,7 +93,7 @@ class ModelConfig:
     return attention_lib.resolve(self.attention, self.platform or jax.default_backend())
 
   def splash_blocks(self):
-    from jpeglm.splash import SplashBlocks
+    from jpeglm.model.splash import SplashBlocks
     return SplashBlocks(self.attention_block_q, self.attention_block_kv,
                         self.attention_block_q_bwd, self.attention_block_kv_bwd)
 
@@ -240,7 +241,7 @@ class Transformer(nnx.Module):
   """tokens [B, L] -> logits [B, L, V] (float32)."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    # Logical names are metadata only here; jpeglm.sharding turns them into shardings.
+    # Logical names are metadata only here; jpeglm.model.sharding turns them into shardings.
     with nnx.use_eager_sharding(False):
       self._build(cfg, rngs)
 
@@ -266,7 +267,7 @@ class Transformer(nnx.Module):
     Decoding (`cache` given): the tokens go to the cache's next L slots, with positions and
     padding taken from the cache. `prefill=True` is a prompt into an empty cache: attention
     uses the training kernel (`model.attention`). Otherwise the tokens attend to the cache
-    (`jpeglm.decoding.attend_cached`).
+    (`jpeglm.model.kv_cache.attend_cached`).
     """
     cfg, dt = self.cfg, DTYPES[self.cfg.dtype]
     b, l = tokens_BxL.shape

@@ -1,6 +1,6 @@
-"""The trained parameters (the pure dict of `jpeglm.model`, as saved) run as a decoder.
+"""The trained parameters (the pure dict of `jpeglm.model.transformer`, as saved) run as a decoder.
 
-The model itself does the work: `Transformer.__call__` with a `jpeglm.decoding.KVCache`
+The model itself does the work: `Transformer.__call__` with a `jpeglm.model.kv_cache.KVCache`
 runs the same `Block`s as training, so the cache path can never drift from the model.
 This file only turns a pure parameter dict into the module and names the cache's slots.
 """
@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jpeglm.decoding import KVCache
-from jpeglm.model import DTYPES, ModelConfig, Transformer
+from jpeglm.model.kv_cache import KVCache
+from jpeglm.model.transformer import DTYPES, ModelConfig, Transformer
 
 
 @functools.lru_cache(maxsize=16)

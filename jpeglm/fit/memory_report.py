@@ -13,9 +13,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from jpeglm import sharding
-from jpeglm.model import ModelConfig
-from jpeglm.train_state import abstract_params
+from jpeglm.model import sharding
+from jpeglm.model.transformer import ModelConfig
+from jpeglm.training.state import abstract_params
 
 GIB = 1024 ** 3
 

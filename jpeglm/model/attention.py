@@ -9,7 +9,7 @@ Kernels (`model.attention`):
     device under `jax.shard_map`; it never holds more than a block of scores.
   - `auto`: splash on TPU, cuDNN on GPU, chunked on CPU.
 
-With a `context` mesh axis the sequence is sharded (jpeglm.context_parallel): each device
+With a `context` mesh axis the sequence is sharded (jpeglm.model.context_parallel): each device
 holds its queries, gathers the keys and values of the whole row, and masks by natural
 positions, so the balanced (zigzag) sequence order needs no special kernel.
 
@@ -26,15 +26,15 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec as P
 
-from jpeglm import context_parallel
+from jpeglm.model import context_parallel
 from jpeglm.errors import ConfigError
-from jpeglm.sharding import logical_to_spec
+from jpeglm.model.sharding import logical_to_spec
 
 ATTENTION_IMPLS = ("auto", "splash", "einsum", "chunked", "xla", "cudnn", "cudnn_or_xla")
 # Query block of the "chunked" attention: blocks above the causal diagonal are skipped.
 ATTENTION_CHUNK = 128
 Q_NAMES = ("act_batch", "act_len", "act_heads", "act_head_dim")
-# Names the remat policies can save (jpeglm.remat): a kernel's own residuals.
+# Names the remat policies can save (jpeglm.model.remat): a kernel's own residuals.
 RESIDUALS_NAME = "attention_residuals"
 
 
@@ -245,7 +245,7 @@ def attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL, impl: str,
            splash_blocks=None, interpret: bool = False) -> jax.Array:
   """Causal attention with the resolved kernel `impl` (see `resolve`)."""
   if impl == "splash":
-    from jpeglm import splash  # the Pallas TPU ops import only when used
+    from jpeglm.model import splash  # the Pallas TPU ops import only when used
     n = q_BxLxNxH.shape[2]
     return splash.splash_attention(q_BxLxNxH, _repeat_kv(k_BxLxKxH, n), _repeat_kv(v_BxLxKxH, n),
                                    segment_ids_BxL, splash_blocks, interpret)

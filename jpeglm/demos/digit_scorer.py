@@ -1,6 +1,6 @@
 """The digits demo's judge: a classifier of real handwritten digits that reads the samples.
 
-It is trained only on held-out digits that the LM never saw (jpeglm.demo_digits.Splits), as
+It is trained only on held-out digits that the LM never saw (jpeglm.demos.digits.Splits), as
 they look after the demo's JPEG round trip. Each digit is deskewed (its slant, from its second
 moments, sheared upright about its centre of mass). Two RBF support-vector classifiers with
 Platt probabilities (libsvm's pairwise coupling) read it, one from its histogram of oriented

@@ -21,7 +21,9 @@ from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jpeglm import checkpoint_sync, multihost, preemption
+from jpeglm.training import checkpoint_sync
+from jpeglm.runtime import multihost
+from jpeglm.training import stop_codes as preemption
 from jpeglm.errors import JpeglmError
 
 log = logging.getLogger("jpeglm.checkpoints")
@@ -50,7 +52,7 @@ class Checkpointer:
 
   A failed write is noted in `failure` (one line naming the step, the path and, with several
   processes, the process it failed on); every process of the run learns it, and no later
-  save is started (see jpeglm.checkpoint_sync).
+  save is started (see jpeglm.training.checkpoint_sync).
   """
 
   def __init__(self, directory: str, keep: int = 3, asynchronous: bool = True):
@@ -127,7 +129,7 @@ class Checkpointer:
         pass
 
   def stop_code(self) -> int:
-    """The stop code (jpeglm.preemption) this process puts into its rows of the next batch."""
+    """The stop code (jpeglm.training.stop_codes) this process puts into its rows of the next batch."""
     return preemption.STOP_CHECKPOINT_FAILED if self.failure else preemption.STOP_NONE
 
   def failure_error(self, stopped_at: int) -> JpeglmError:

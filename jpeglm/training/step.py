@@ -20,10 +20,10 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jpeglm import batch_spec
+from jpeglm.training import batch_spec
 from jpeglm.errors import ConfigError
-from jpeglm.losses import token_losses
-from jpeglm.preemption import STOP_DATA_FAILED
+from jpeglm.training.losses import token_losses
+from jpeglm.training.stop_codes import STOP_DATA_FAILED
 
 LN2 = math.log(2.0)
 
@@ -38,7 +38,7 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
                     skip_nonfinite: bool = False) -> Callable:
   """step(state, batch) -> (state, metrics); state = {"step", "params", "opt_state"}.
 
-  `batch` may hold "stop" (int32 per row, see jpeglm.preemption); metric "stop" is its max.
+  `batch` may hold "stop" (int32 per row, see jpeglm.training.stop_codes); metric "stop" is its max.
   A step whose batch some process could not fill (STOP_DATA_FAILED) leaves the state as it
   was. Without `skip_nonfinite`, a non-finite step halts the state: it and every later step
   leave params and optimizer state untouched and set state["step"] to -1, so the host, which
@@ -119,7 +119,7 @@ class TrainStep:
   """The trainer's jitted steps and the layouts they take."""
   step: Callable  # (state, batch) -> (state, metrics); the state is donated
   eval: Callable  # (params, batch without "stop") -> sums {"nll", "tokens", "bytes"}
-  layout: "StateLayout"  # noqa: F821 - jpeglm.train_state.StateLayout
+  layout: "StateLayout"  # noqa: F821 - jpeglm.training.state.StateLayout
   batch: dict  # name -> ShapeDtypeStruct of the global batch, with its sharding
   optimizer: optax.GradientTransformation
 
@@ -130,8 +130,10 @@ class TrainStep:
 
 def build(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainStep:
   """The train step of `config` on `mesh`, jitted with the state's and batch's shardings."""
-  from jpeglm import model as model_lib, optimizer as opt_lib, sharding
-  from jpeglm.train_state import state_layout
+  from jpeglm.model import transformer as model_lib
+  from jpeglm.training import optimizer as opt_lib
+  from jpeglm.model import sharding
+  from jpeglm.training.state import state_layout
 
   train = config.train
   on_nonfinite = train.get("on_nonfinite", "stop")

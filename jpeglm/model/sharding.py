@@ -2,7 +2,7 @@
 
 The mesh has four axes: `data` (pure data parallelism), `fsdp` (data parallelism with
 parameters and optimizer state sharded), `context` (each row's sequence split across
-devices; see jpeglm.context_parallel) and `tensor` (Megatron-style: heads, MLP hidden
+devices; see jpeglm.model.context_parallel) and `tensor` (Megatron-style: heads, MLP hidden
 units and the vocabulary split across devices). Sizes come from `config.mesh`; -1 means
 "the rest of the devices"; a config without `mesh.context` has none (1).
 
@@ -169,7 +169,7 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int],
       spec.append(None)
       continue
     if name not in RULES:
-      raise ValueError(f"logical axis {name!r} has no rule in jpeglm.sharding.RULES")
+      raise ValueError(f"logical axis {name!r} has no rule in jpeglm.model.sharding.RULES")
     chosen, product = [], 1
     for axis in RULES[name]:
       if axis in used:

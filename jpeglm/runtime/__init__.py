@@ -1,0 +1,1 @@
+"""Joining JAX's multi-controller runtime, and the small agreements between its processes."""
