@@ -33,12 +33,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_pipeline import pipeline, prepared_shards, tokenizer_training, workers  # noqa: E402
 from data_pipeline.media_files import builtin_photos  # noqa: E402
 from jpeglm.config_io import load_config  # noqa: E402
+from jpeglm.fit.chips import TPUS  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "configs", "jpeglm.py") + ":size=7b,codec=jpeg"
 
 # TPU v5p: 459 TFLOP/s bf16 peak per chip, 4 chips per host.
-V5P_PEAK_FLOPS, CHIPS_PER_HOST, MFU = 459e12, 4, 0.5
+V5P_PEAK_FLOPS, CHIPS_PER_HOST, MFU = TPUS["v5p"].flops, TPUS["v5p"].chips_per_host, 0.5
 # launch/README.md, "The paper's 7B models on TPU slices": JPEG L=12,288 on v5p-8 / v5p-16,
 # an estimated ceiling of tokens/s per chip (compute and HBM traffic only).
 V5P_7B_JPEG_TOKENS_PER_CHIP = 6_922

@@ -44,7 +44,7 @@ def main() -> None:
   import numpy as np
 
   from configs.jpeglm import get_config
-  from jpeglm.fit import flops
+  from jpeglm.fit import chips, flops
   from jpeglm.model import transformer as model_lib
   from jpeglm.training import optimizer as opt_lib
   from jpeglm.model import sharding
@@ -84,7 +84,7 @@ def main() -> None:
   devices = jax.device_count()
   per_token = flops.flops_per_token(config.model, l)
   causal_half = per_token - 6.0 * config.model.n_layers * config.model.d_model * l
-  peak = flops.peak_flops(jax.devices()[0].device_kind)
+  peak = chips.peak_flops(jax.devices()[0].device_kind)
   tokens_per_s = b * l / seconds
   print(f"{args.size} (d {config.model.d_model}, {config.model.n_layers} layers), L={l:,}, "
         f"batch {b}, {args.dtype}, attention {kernel.attention_kernel}, remat {args.remat}, "

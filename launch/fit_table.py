@@ -39,7 +39,8 @@ ROWS = [
 
 
 def row_line(codec: str, topology: str, overrides: dict, estimate: bool) -> str:
-  from jpeglm.fit.compile_check import GIB, check
+  from jpeglm.fit.chips import GIB
+  from jpeglm.fit.compile_check import check
   from jpeglm.config_io import load_config
 
   config = load_config(f"configs/jpeglm.py:size=7b,codec={codec}",

@@ -36,17 +36,18 @@ FIELDS = ("mode", "chips", "topology", "global_batch", "layout", "remat", "grad_
 
 def topology_name(generation: str, chips: int) -> str:
   """Cloud TPU slice name for `chips` chips: v5p/v4 names count TensorCores (2 per chip)."""
-  from jpeglm.fit.compile_check import _ALIASES, _GENERATIONS, ConfigError
+  from jpeglm.errors import ConfigError
+  from jpeglm.fit.chips import ALIASES, TPUS
 
-  gen = _ALIASES.get(generation.lower(), generation.lower())
-  if gen not in _GENERATIONS:
+  gen = ALIASES.get(generation.lower(), generation.lower())
+  if gen not in TPUS:
     raise ConfigError(f"--topology {generation!r}: expected a TPU generation such as v5p, "
                       f"v4, v5e, v6e")
-  return f"{gen}-{chips * _GENERATIONS[gen][2]}"
+  return f"{gen}-{chips * TPUS[gen].cores_per_unit}"
 
 
 def best_point(config, topology: str, global_batch: int, args, log=print) -> dict | None:
-  from jpeglm.fit.compile_check import GIB
+  from jpeglm.fit.chips import GIB
   from jpeglm.fit.plan import plan
 
   results = plan(config, topology, global_batch=global_batch, top=args.top,

@@ -29,13 +29,11 @@ import os
 import shlex
 import time
 
+from jpeglm.fit.chips import TPUS
 from launch.runner import LaunchError, Runner, WorkersFailed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON_VERSION = "3.11"  # pyproject.toml's requires-python; tests check they agree
-# gcloud runtime (VM image) per TPU generation (Cloud TPU "TPU software versions").
-RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5p": "v2-alpha-tpuv5",
-                    "v5e": "v2-alpha-tpuv5-lite", "v6e": "v2-alpha-tpuv6e"}
 REMOTE_DIR = "jpeglm"  # on each worker, under $HOME
 WORKER_SCRIPT = "jpeglm-worker.sh"  # launch/tpu_worker.sh, copied to each worker's $HOME
 UV_INSTALLER = "https://astral.sh/uv/install.sh"
@@ -190,7 +188,7 @@ class Slice:
               ["--node-count", str(self.num_slices), "--node-prefix", self.name])
     self.run.run(self.tpus("queued-resources", "create", self.name, *naming,
                            *self.where, "--accelerator-type", accelerator, "--runtime-version",
-                           args.runtime_version or RUNTIME_VERSIONS[self.topo.generation])
+                           args.runtime_version or TPUS[self.topo.generation].runtime_version)
                  + (["--spot"] if args.spot else []))
 
   def node_ready(self, name: str, node: dict) -> bool:

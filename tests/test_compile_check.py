@@ -3,7 +3,8 @@
 import pytest
 
 from jpeglm.cli import main
-from jpeglm.fit.compile_check import GIB, check, parse_topology
+from jpeglm.fit.chips import GIB
+from jpeglm.fit.compile_check import check, parse_topology
 from jpeglm.config_io import load_config
 from jpeglm.errors import ConfigError
 from jpeglm.fit.memory_report import memory_report

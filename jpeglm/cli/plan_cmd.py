@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace, overrides) -> int:
-  from jpeglm.fit.compile_check import GIB
+  from jpeglm.fit.chips import GIB
   from jpeglm.config_io import load_config
   from jpeglm.fit.plan import plan
 

@@ -1,28 +1,62 @@
-"""Published per-chip figures of each TPU generation, for labelled estimates only.
+"""The one table of accelerator facts: every estimate, compile check and launcher reads it.
 
-Sources (Cloud TPU system-architecture pages, read 2026-11): peak dense bf16 FLOP/s, HBM
-bandwidth, bidirectional ICI bandwidth per chip; DCN per chip where published (v5p: 50
-Gbps). v5e lists 2 x 100 Gbps NICs per 8-chip host (25 Gbps per chip); v4's and v6e's DCN
-per chip are not published and are taken as v5e's. ICI for v4: 2,400 Gbps per chip.
+TPU figures are the Cloud TPU system-architecture pages' (read 2026-11): peak dense bf16
+FLOP/s, HBM per device and its bandwidth, bidirectional ICI bandwidth per chip, DCN per chip
+where published (v5p: 50 Gbps; v5e lists 2 x 100 Gbps NICs per 8-chip host, 25 Gbps per chip;
+v4's and v6e's are not published and are taken as v5e's). The gcloud runtime (VM image) per
+generation is Cloud TPU's "TPU software versions". GPU peaks are the vendors' data sheets
+(dense bf16).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+GB = 1e9
+GIB = 1024 ** 3
+
 
 @dataclasses.dataclass(frozen=True)
-class ChipSpec:
-  flops: float  # dense bf16 FLOP/s
-  hbm_bandwidth: float  # bytes/s
+class TpuGeneration:
+  flops: float  # dense bf16 FLOP/s per chip
+  hbm_bandwidth: float  # bytes/s per chip
   ici_bandwidth: float  # bytes/s, bidirectional, per chip
   dcn_bandwidth: float  # bytes/s per chip, across slices
+  hbm_bytes: int  # per JAX device (one per chip: megacore on v4/v5p)
+  jax_prefix: str  # jax.experimental.topologies name: "v5:4x4x2"
+  chip_config: str  # "megacore" or "default"
+  cores_per_unit: int  # TensorCores per unit of the Cloud name (v5p-8 = 4 chips)
+  chips_per_host: int
+  grid_dims: int  # 3-D torus (v4, v5p) or 2-D (v5e, v6e)
+  runtime_version: str  # gcloud --version / --runtime-version for TPU VMs
+  device_kinds: tuple[str, ...]  # jax.Device.device_kind prefixes
 
 
-GB = 1e9
-CHIPS = {
-    "v4": ChipSpec(275e12, 1228 * GB, 300 * GB, 25e9 / 8),
-    "v5p": ChipSpec(459e12, 2765 * GB, 1200 * GB, 50e9 / 8),
-    "v5e": ChipSpec(197e12, 819 * GB, 400 * GB, 25e9 / 8),
-    "v6e": ChipSpec(918e12, 1638 * GB, 800 * GB, 25e9 / 8),
+TPUS = {
+    "v4": TpuGeneration(275e12, 1228 * GB, 300 * GB, 25e9 / 8, 32 * GIB, "v4", "megacore", 2,
+                        4, 3, "tpu-ubuntu2204-base", ("TPU v4",)),
+    "v5p": TpuGeneration(459e12, 2765 * GB, 1200 * GB, 50e9 / 8, 95 * GIB, "v5", "megacore", 2,
+                         4, 3, "v2-alpha-tpuv5", ("TPU v5p", "TPU v5")),
+    "v5e": TpuGeneration(197e12, 819 * GB, 400 * GB, 25e9 / 8, 16 * GIB, "v5e", "default", 1,
+                         4, 2, "v2-alpha-tpuv5-lite", ("TPU v5 lite", "TPU v5e")),
+    "v6e": TpuGeneration(918e12, 1638 * GB, 800 * GB, 25e9 / 8, 32 * GIB, "v6e", "default", 1,
+                         4, 2, "v2-alpha-tpuv6e", ("TPU v6 lite", "TPU v6e")),
 }
+# Other spellings of a generation in Cloud names (v5litepod-16).
+ALIASES = {"v5litepod": "v5e", "v6": "v6e", "v5": "v5p"}
+# Kept under its old name: the estimates read a generation's speeds as CHIPS[gen].
+CHIPS = TPUS
+
+GPU_PEAK_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """Peak dense bf16 FLOP/s of one device from its `device_kind`, or None where unknown
+  (CPUs)."""
+  peaks = dict(GPU_PEAK_FLOPS)
+  for gen in TPUS.values():
+    peaks.update({kind: gen.flops for kind in gen.device_kinds})
+  for name in sorted(peaks, key=len, reverse=True):  # "TPU v5 lite" before "TPU v5"
+    if device_kind.startswith(name):
+      return peaks[name]
+  return None

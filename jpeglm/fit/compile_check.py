@@ -27,22 +27,13 @@ import ml_collections
 import numpy as np
 
 from jpeglm.errors import ConfigError
+from jpeglm.fit.chips import ALIASES, GIB, TPUS
 
-GIB = 1024 ** 3
 
 # Compiling for a topology touches no chip, so several compile checks (parallel tests, a
 # table script) may load libtpu at once; without this the second waits on a lock file.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-# generation -> (JAX topology prefix, chip config, TensorCores per Cloud-name unit, HBM per
-# device, chips per host, dimensions of the chip grid)
-_GENERATIONS = {
-    "v4": ("v4", "megacore", 2, 32 * GIB, 4, 3),
-    "v5p": ("v5", "megacore", 2, 95 * GIB, 4, 3),
-    "v5e": ("v5e", "default", 1, 16 * GIB, 4, 2),
-    "v6e": ("v6e", "default", 1, 32 * GIB, 4, 2),
-}
-_ALIASES = {"v5litepod": "v5e", "v6": "v6e", "v5": "v5p"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,11 +72,13 @@ def parse_topology(name: str) -> Topology:
   if not m:
     raise ConfigError(f"--topology {name!r}: expected a Cloud TPU slice like v5p-64, v4-128, "
                       "v5e-256, v6e-16, or 'local'")
-  gen = _ALIASES.get(m.group(1), m.group(1))
-  if gen not in _GENERATIONS:
+  gen = ALIASES.get(m.group(1), m.group(1))
+  if gen not in TPUS:
     raise ConfigError(f"--topology {name!r}: unknown TPU generation {m.group(1)!r}; "
-                      f"choose one of {sorted(_GENERATIONS)}")
-  prefix, chip_config, cores_per_unit, hbm, per_host, dims = _GENERATIONS[gen]
+                      f"choose one of {sorted(TPUS)}")
+  spec = TPUS[gen]
+  prefix, chip_config, cores_per_unit = spec.jax_prefix, spec.chip_config, spec.cores_per_unit
+  hbm, per_host, dims = spec.hbm_bytes, spec.chips_per_host, spec.grid_dims
   count = int(m.group(2))
   chips = count // cores_per_unit
   if chips < 1 or count % cores_per_unit or chips & (chips - 1):

@@ -10,20 +10,6 @@ from __future__ import annotations
 
 import ml_collections
 
-# Dense bf16 peak FLOP/s per device, from the vendors' data sheets.
-PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,  # v5e
-    "TPU v5e": 197e12,
-    "TPU v5": 459e12,  # v5p
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,  # v6e (Trillium)
-    "TPU v6e": 918e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100": 312e12,
-}
-
 
 def matmul_params(model: ml_collections.ConfigDict) -> int:
   d, f, layers = model.d_model, model.d_ff, model.n_layers
@@ -41,11 +27,3 @@ def causal_flops_per_token(model: ml_collections.ConfigDict, seq_len: int) -> fl
   and what causal kernels such as splash execute): for MFU estimates that compare with
   the FLOPs a kernel actually runs."""
   return flops_per_token(model, seq_len) - 6.0 * model.n_layers * model.d_model * seq_len
-
-
-def peak_flops(device_kind: str) -> float | None:
-  """Peak FLOP/s of one device, or None where unknown (CPUs)."""
-  for name, value in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
-    if device_kind.startswith(name):
-      return value
-  return None

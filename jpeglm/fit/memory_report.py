@@ -13,11 +13,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from jpeglm.fit.chips import GIB
 from jpeglm.model import sharding
 from jpeglm.model.transformer import ModelConfig
 from jpeglm.training.state import abstract_params
-
-GIB = 1024 ** 3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,16 +24,14 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
-from jax.sharding import PartitionSpec as P
 
 from jpeglm.model import context_parallel
 from jpeglm.errors import ConfigError
-from jpeglm.model.sharding import logical_to_spec
 
 ATTENTION_IMPLS = ("auto", "splash", "einsum", "chunked", "xla", "cudnn", "cudnn_or_xla")
 # Query block of the "chunked" attention: blocks above the causal diagonal are skipped.
 ATTENTION_CHUNK = 128
-Q_NAMES = ("act_batch", "act_len", "act_heads", "act_head_dim")
+Q_NAMES = context_parallel.Q_NAMES
 # Names the remat policies can save (jpeglm.model.remat): a kernel's own residuals.
 RESIDUALS_NAME = "attention_residuals"
 
@@ -200,30 +198,6 @@ def _repeat_kv(x_BxSxKxH: jax.Array, n_heads: int) -> jax.Array:
   return x_BxSxKxH if k_heads == n_heads else jnp.repeat(x_BxSxKxH, n_heads // k_heads, axis=2)
 
 
-def per_device(local_fn, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL, extra=(),
-               extra_specs=()):
-  """Runs `local_fn(q, k, v, q_segment_ids, kv_segment_ids, *extra)` on each device's shard
-  of the rows, heads (over `tensor`) and queries (over `context`); the keys, values and
-  their segment ids come gathered over `context`: the whole row, in the balanced order."""
-  mesh = jax.sharding.get_abstract_mesh()
-  q_spec = logical_to_spec(Q_NAMES, q_BxLxNxH.shape, dict(mesh.shape))
-  seg_spec = None if segment_ids_BxL is None else P(q_spec[0], q_spec[1])
-  gather = context_parallel.context_size() > 1
-
-  def local(q, k, v, seg, *rest):
-    if gather:
-      k, v = (jax.lax.all_gather(x, context_parallel.AXIS, axis=1, tiled=True) for x in (k, v))
-    seg_kv = seg
-    if gather and seg is not None:
-      seg_kv = jax.lax.all_gather(seg, context_parallel.AXIS, axis=1, tiled=True)
-    return local_fn(q, k, v, seg, seg_kv, *rest)
-
-  return jax.shard_map(local, mesh=mesh,
-                       in_specs=(q_spec, q_spec, q_spec, seg_spec, *extra_specs),
-                       out_specs=q_spec, check_vma=False)(
-                           q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL, *extra)
-
-
 def attention_context_einsum(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL) -> jax.Array:
   """Reference attention with the sequence sharded over `context`: per device, its queries
   against the gathered keys, masked by natural positions."""
@@ -238,7 +212,7 @@ def attention_context_einsum(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL) -
     return attention_einsum(q, k, v, seg_kv, q_segment_ids_BxT=seg_q, q_index_T=q_index,
                             kv_index_S=order_L)
 
-  return per_device(local, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL)
+  return context_parallel.per_device(local, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL)
 
 
 def attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segment_ids_BxL, impl: str,

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from jpeglm.errors import ConfigError
+from jpeglm.model.sharding import logical_to_spec
 
 AXIS = "context"
+# Logical names of queries (and attention outputs): [batch, length, heads, head_dim].
+Q_NAMES = ("act_batch", "act_len", "act_heads", "act_head_dim")
 
 
 def context_size() -> int:
@@ -63,3 +67,27 @@ def from_balanced(x_BxL, shards: int):
   if shards == 1:
     return x_BxL
   return x_BxL[:, np.argsort(balanced_order(x_BxL.shape[1], shards))]
+
+
+def per_device(local_fn, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL, extra=(),
+               extra_specs=()):
+  """Runs `local_fn(q, k, v, q_segment_ids, kv_segment_ids, *extra)` on each device's shard
+  of the rows, heads (over `tensor`) and queries (over `context`); the keys, values and
+  their segment ids come gathered over `context`: the whole row, in the balanced order."""
+  mesh = jax.sharding.get_abstract_mesh()
+  q_spec = logical_to_spec(Q_NAMES, q_BxLxNxH.shape, dict(mesh.shape))
+  seg_spec = None if segment_ids_BxL is None else P(q_spec[0], q_spec[1])
+  gather = context_size() > 1
+
+  def local(q, k, v, seg, *rest):
+    if gather:
+      k, v = (jax.lax.all_gather(x, AXIS, axis=1, tiled=True) for x in (k, v))
+    seg_kv = seg
+    if gather and seg is not None:
+      seg_kv = jax.lax.all_gather(seg, AXIS, axis=1, tiled=True)
+    return local_fn(q, k, v, seg, seg_kv, *rest)
+
+  return jax.shard_map(local, mesh=mesh,
+                       in_specs=(q_spec, q_spec, q_spec, seg_spec, *extra_specs),
+                       out_specs=q_spec, check_vma=False)(
+                           q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL, *extra)

@@ -21,7 +21,6 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jpeglm.model import attention
 from jpeglm.model import context_parallel
 from jpeglm.errors import ConfigError
 from jpeglm.model.sharding import logical_to_spec
@@ -115,11 +114,11 @@ def splash_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL,
     kernel = make_kernel(n, length, 1, blocks, interpret)
     return local(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL, segment_ids_BxL, kernel)
 
-  q_spec = logical_to_spec(attention.Q_NAMES, q_BxLxNxH.shape, dict(mesh.shape))
+  q_spec = logical_to_spec(context_parallel.Q_NAMES, q_BxLxNxH.shape, dict(mesh.shape))
   local_heads = NamedSharding(mesh, q_spec).shard_shape(q_BxLxNxH.shape)[2]
   kernel = make_kernel(local_heads, length, context, blocks, interpret)
   # Mask information is the same for every head: shard it by query blocks only.
   kernel_spec = kernel.manual_sharding_spec(
       NamedSharding(mesh, P(None, context_parallel.AXIS if context > 1 else None)))
-  return attention.per_device(local, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL,
+  return context_parallel.per_device(local, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, segment_ids_BxL,
                               extra=(kernel,), extra_specs=(kernel_spec,))

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from data_pipeline import host_batches, pipeline
 from jpeglm.training import checkpointing
-from jpeglm.fit import flops
+from jpeglm.fit import chips, flops
 from jpeglm.model import transformer as model_lib
 from jpeglm.runtime import multihost
 from jpeglm.training import faults as faults_lib
@@ -249,7 +249,7 @@ class _MetricsWindow:
     seq_len = config.data.seq_len
     self.flops_per_step = (flops.flops_per_token(config.model, seq_len)
                            * self.train.global_batch * seq_len)
-    self.peak = flops.peak_flops(jax.devices()[0].device_kind)
+    self.peak = chips.peak_flops(jax.devices()[0].device_kind)
     self.bar = tqdm(total=self.train.steps, initial=start_step, disable=not is_main,
                     unit="step", dynamic_ncols=True)
     self.pending = None  # (step, device metrics) of the step dispatched last, not yet read
