@@ -19,7 +19,8 @@ top-k 4 (below).
   jpeglm sample --workdir /tmp/digits --config.sample.syntax_safe=True --num-samples 16
   python -m jpeglm.demos                # trains this config, samples, scores the samples
 
-`configs/digits.py:model=large` (d 256, 4 layers, 3.2M parameters) for longer runs.
+Arguments: `model=base|large` (large: d 256, 4 layers, 3.2M parameters), `side=28|16`,
+`quality=1..100`, `augment=none|affine`; e.g. `configs/digits.py:side=16,quality=10,augment=affine`.
 """
 
 import ml_collections
@@ -30,19 +31,33 @@ from configs import jpeglm as base
 MODELS = {"base": (128, 2, 2, 352), "large": (256, 4, 4, 704)}
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = {"model": "base"}
+def _parse_arg(arg: str | None) -> dict[str, str]:
+  args = {"model": "base", "side": "28", "quality": "25", "augment": "none"}
   for item in filter(None, (arg or "").split(",")):
     key, _, value = item.partition("=")
     if key not in args:
-      raise ValueError(f"unknown config argument {key!r} in {arg!r}; use model=...")
+      raise ValueError(f"unknown config argument {key!r} in {arg!r}; use "
+                       + ", ".join(f"{k}=..." for k in args))
     args[key] = value
   if args["model"] not in MODELS:
     raise ValueError(f"model={args['model']!r}: choose one of {sorted(MODELS)}")
+  if args["side"] not in ("16", "28"):
+    raise ValueError(f"side={args['side']!r}: choose 16 or 28")
+  if not args["quality"].isdigit() or not 1 <= int(args["quality"]) <= 100:
+    raise ValueError(f"quality={args['quality']!r}: an integer in 1..100")
+  if args["augment"] not in ("none", "affine"):
+    raise ValueError(f"augment={args['augment']!r}: choose none or affine")
+  return args
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = _parse_arg(arg)
   c = base.get_config("size=tiny,codec=jpeg")
 
-  c.codec.size = 28
-  c.codec.color = "gray"  # one component: MNIST is grayscale (8x8 MCUs, 16 per digit)
+  # 28: MNIST's own size, 16 MCUs a digit; 16: USPS's, 4 MCUs and about half the bytes.
+  c.codec.size = int(args["side"])
+  c.codec.quality = int(args["quality"])
+  c.codec.color = "gray"  # one component: MNIST is grayscale (8x8 MCUs)
 
   c.tokenizer.vocab_size = 320  # the paper's JPEG vocabulary
   c.tokenizer.num_files = 4000  # every training digit
@@ -53,6 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_workers = 0  # encoding a digit takes ~0.2 ms: workers would cost more
   c.data.eval_fraction = 0.2  # 1,000 held-out digits: eval loss, prompts, the scorer's data
   c.data.eval_batches = 4
+  # affine: each training digit shifted (+-2 px), turned (+-10 deg) and scaled (0.9-1.1) anew
+  # every epoch (data_pipeline.augment); held-out digits stay as they are.
+  c.data.augment = args["augment"]
 
   d_model, n_layers, n_heads, d_ff = MODELS[args["model"]]
   c.model.d_model = d_model

@@ -82,6 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.read_threads = 0
   c.data.prefetch_documents = 0
   c.data.shuffle = True
+  # auto: built-in media get random crops; "affine": shifted/turned/scaled training digits
+  c.data.augment = "auto"
   c.data.max_bad_fraction = 0.1
   # Data shards the global batch is read as (0: one per process). Fix it to keep the data
   # order when the number of hosts changes (see data_pipeline/host_batches.py).

@@ -1,5 +1,11 @@
-"""Random square crops and flips: how 21 built-in photos (and 3 clips) become an endless,
-varied, seeded stream. Folder and dataset sources use the paper's centre crop instead."""
+"""Seeded augmentation, so that a small source becomes an endless, varied stream:
+  - "crop": random square crops and flips, how 21 built-in photos (and 3 clips) are used;
+  - "affine": small random shifts, rotations and scalings of each training digit
+    (`data.augment=affine`), as MNIST training has long done: 4,000 digits stop being 11
+    epochs of the same streams.
+Every draw comes from `item_rng(seed, stream position)`, so a resumed run reads the same
+items. Folder and dataset sources use the paper's centre crop instead.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,12 @@ from PIL import Image, ImageOps
 
 # The crop keeps at least half of the shorter side, so the subject stays recognisable.
 MIN_CROP_FRACTION = 0.5
+KINDS = ("crop", "affine")
+# Affine ranges for digits: within what a writer's hand varies (LeCun et al. 1998 used
+# similar distortions); larger turns make 6s into 9s.
+MAX_SHIFT_PIXELS = 2.0
+MAX_ROTATION_DEGREES = 10.0
+SCALE_RANGE = (0.9, 1.1)
 
 
 def item_rng(seed: int, index: int) -> np.random.Generator:
@@ -39,3 +51,21 @@ def random_zoom_frames(frames: list[Image.Image], rng: np.random.Generator) -> l
                                                                 Image.Resampling.BICUBIC)
     out.append(ImageOps.mirror(zoomed) if mirror else zoomed)
   return out
+
+
+def random_affine(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+  """The image turned, scaled and shifted about its centre (bilinear; uncovered pixels take
+  the background, black for MNIST). Size and mode are kept."""
+  width, height = image.size
+  angle = np.deg2rad(rng.uniform(-MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES))
+  scale = rng.uniform(*SCALE_RANGE)
+  dx, dy = rng.uniform(-MAX_SHIFT_PIXELS, MAX_SHIFT_PIXELS, size=2)
+  # PIL maps each output pixel back to an input pixel: the inverse of the wanted motion.
+  cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+  cx, cy = (width - 1) / 2, (height - 1) / 2
+  ox, oy = cx + dx, cy + dy  # where the centre moves to
+  a, b, d, e = cos, sin, -sin, cos
+  c = cx - a * ox - b * oy
+  f = cy - d * ox - e * oy
+  return image.transform(image.size, Image.Transform.AFFINE, (a, b, c, d, e, f),
+                         resample=Image.Resampling.BILINEAR, fillcolor=0)

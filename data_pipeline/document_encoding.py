@@ -27,7 +27,7 @@ class DocumentEncoder:
   """`(source_index, item, stream_index) -> {"tokens", "source"} | {"error", "source"}`."""
 
   def __init__(self, codec_settings: dict, tokenizer_model: bytes | None, item_kind: str,
-               augment: bool, seed: int, tfds_feature: str = "image", token_dtype: str = "",
+               augment: str, seed: int, tfds_feature: str = "image", token_dtype: str = "",
                max_seconds_per_file: float = 0):
     self.codec_settings = dict(codec_settings)
     self.tokenizer_model = tokenizer_model
@@ -65,7 +65,9 @@ class DocumentEncoder:
   # ---- media -> codec bytes -------------------------------------------------------------
 
   def _image_bytes(self, image: Image.Image, rng: np.random.Generator | None) -> bytes:
-    if rng is not None:
+    if rng is not None and self.augment == "affine":
+      image = augment.random_affine(image, rng)
+    elif rng is not None:
       image = augment.random_square_crop(to_rgb(image), rng)
     return self.codec.encode(image)
 

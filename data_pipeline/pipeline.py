@@ -14,7 +14,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from data_pipeline import bad_inputs, packing, sources, streaming, workers
+from data_pipeline import augment, bad_inputs, packing, sources, streaming, workers
 from data_pipeline.batch_iterator import BatchIterator
 from data_pipeline.document_encoding import DocumentEncoder
 from jpeglm.errors import JpeglmError
@@ -98,6 +98,22 @@ class Documents:
   stream_files: int = 0      # streams: the files of this process's shard
 
 
+def augment_kind(config: ml_collections.ConfigDict, source: sources.Source, split: str) -> str:
+  """"crop", "affine" or "" (none) for this split: `data.augment` is "auto" (the source's
+  own: crops for built-in media), "none", "crop" or "affine". Affine changes only the training
+  split: held-out digits stay the real ones."""
+  kind = config.data.get("augment", "auto") or "auto"
+  if kind == "auto":
+    return "crop" if source.augment else ""
+  if kind == "none":
+    return ""
+  if kind not in augment.KINDS:
+    raise JpeglmError(f"data.augment={kind!r}: choose auto, none, {', '.join(augment.KINDS)}")
+  if source.item_kind == sources.TOKENS or (kind == "affine" and media_kind(config) != "image"):
+    raise JpeglmError(f"data.augment={kind!r} needs an image source, not {source.spec}")
+  return "" if kind == "affine" and split != "train" else kind
+
+
 def encoded_documents(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer | None, *,
                       split: str, process_index: int, process_count: int, shuffle: bool,
                       repeat: bool, seed: int) -> Documents:
@@ -113,7 +129,7 @@ def encoded_documents(config: ml_collections.ConfigDict, tokenizer: ByteTokenize
                       f"{process_count} processes")
   encoder = DocumentEncoder(
       dict(config.codec), tokenizer.serialized() if tokenizer is not None else None,
-      source.item_kind, source.augment, seed,
+      source.item_kind, augment_kind(config, source, split), seed,
       tfds_feature=config.data.get("tfds_feature", "") or media_kind(config),
       token_dtype=source.token_dtype,
       max_seconds_per_file=config.data.get("max_seconds_per_file", 0))

@@ -50,6 +50,8 @@ NUM_UNCONDITIONAL = 32
 NUM_FREE = 16
 PROMPTS_PER_DIGIT = 3
 PROMPT_RATIO = 0.5
+# The scorer reads every sample at MNIST's own size (16x16 samples are scaled up).
+SCORER_SIDE = 28
 GOALS = {"unconditional_confident": 0.5, "completions_right": 0.6}
 TILE = 56
 
@@ -78,9 +80,16 @@ class Splits:
 def build_scorer(codec, splits: Splits) -> DigitScorer:
   """The classifier of jpeglm.demos.digit_scorer, on the scorer's held-out digits after the demo's
   JPEG round trip (what the samples go through too)."""
-  pixels = np.stack([to_pixels(codec.decode(codec.encode(splits.images[i])).image, codec.size)
+  pixels = np.stack([to_pixels(codec.decode(codec.encode(splits.images[i])).image, SCORER_SIDE)
                      for i in splits.scorer])
   return DigitScorer(pixels, splits.labels[splits.scorer])
+
+
+def describe(config) -> str:
+  side, quality = config.codec.size, config.codec.quality
+  augment = config.data.get("augment", "auto")
+  return (f"{side}x{side} gray JPEG q{quality}"
+          + (", training digits shifted/turned/scaled" if augment == "affine" else ""))
 
 
 def prepare_data(out: str, config, splits: Splits) -> str:
@@ -95,7 +104,7 @@ def prepare_data(out: str, config, splits: Splits) -> str:
   print(f"[data] {len(splits.labels)} real MNIST digits from {digits_lib.digits_file()}")
   print(f"       {len(splits.train)} to train on, {len(splits.prompts) + len(splits.scorer)} "
         f"held out ({len(splits.prompts)} prompts, {len(splits.scorer)} for the scorer)")
-  print(f"       28x28 gray JPEG q25, RST every MCU, tables stripped: "
+  print(f"       {describe(config)}, RST every MCU, tables stripped: "
         f"{np.mean([len(s) for s in streams]):.0f} bytes a digit, {np.mean(tokens):.0f} tokens "
         f"(BPE vocab {tokenizer.vocab_size}); round trip lossless {lossless}/{len(held)}")
   return os.path.abspath(path)
@@ -119,7 +128,7 @@ def fit_steps(seconds_left: float, steps_per_second: float, warmup_end: int,
   return warmup_end + max(int(usable * steps_per_second), 10)
 
 
-def train(out: str, config) -> dict:
+def train(out: str, config, train_seconds: float = TRAIN_SECONDS) -> dict:
   from jpeglm.training.metrics_log import read_metrics
   from jpeglm.train import train_and_evaluate
 
@@ -147,17 +156,17 @@ def train(out: str, config) -> dict:
   if stored is None or stored <= warmup_end:  # a rerun after the warm-up alone fits too
     rate = _measured_rate(workdir, warmup_end)
     spent = time.perf_counter() - began
-    config.train.steps = fit_steps(TRAIN_SECONDS - spent, rate, warmup_end, restart)
+    config.train.steps = fit_steps(train_seconds - spent, rate, warmup_end, restart)
     print(f"[train] {rate:.2f} steps/s after step {MEASURE_FROM_STEP} ({spent:.0f}s so far): "
-          f"{config.train.steps} steps fill {TRAIN_SECONDS:.0f}s")
+          f"{config.train.steps} steps fill {train_seconds:.0f}s")
   else:
     config.train.steps = stored
   config.train.eval_every = -(-config.train.steps // EVALS)  # the last one at the end
-  config.train.time_budget_minutes = max(TRAIN_SECONDS - (time.perf_counter() - began),
+  config.train.time_budget_minutes = max(train_seconds - (time.perf_counter() - began),
                                          30.0) / 60.0
   train_and_evaluate(config, workdir)
   plot_losses(workdir, os.path.join(out, "loss_curve.png"),
-              "JPEG-LM on MNIST digits (28x28 gray, q25)")
+              f"JPEG-LM on MNIST digits ({describe(config)})")
   rows = read_metrics(workdir)
   evals = [r for r in rows if "eval_bits_per_byte" in r]
   return {"first_eval": evals[0] if evals else {}, "last_eval": evals[-1] if evals else {},
@@ -257,23 +266,26 @@ def sample_and_score(out: str, config, splits: Splits, scorer: DigitScorer) -> d
   return results
 
 
-def main(out: str, skip_training: bool = False) -> dict:
+def main(out: str, skip_training: bool = False, config_arg: str = "",
+         train_seconds: float = TRAIN_SECONDS) -> dict:
+  """The demo with `configs/digits.py:{config_arg}` trained for `train_seconds`."""
   started = time.perf_counter()
   os.makedirs(out, exist_ok=True)
   phases = {}
-  base = load_config(config_path())
+  config_file = config_path() + (f":{config_arg}" if config_arg else "")
+  base = load_config(config_file)
   splits = Splits(base)
 
   t = time.perf_counter()
   tokenizer = prepare_data(out, base, splits)
   phases["data"] = time.perf_counter() - t
-  config = load_config(config_path(), [f"--config.tokenizer.path={tokenizer}"])
+  config = load_config(config_file, [f"--config.tokenizer.path={tokenizer}"])
 
   t = time.perf_counter()
   if skip_training and not os.path.isfile(os.path.join(out, "run", "config.json")):
     raise JpeglmError(f"--skip-training: no trained run in {out}/run; run the demo without it "
                       "once")
-  trained = {} if skip_training else train(out, config)
+  trained = {} if skip_training else train(out, config, train_seconds)
   phases["train"] = time.perf_counter() - t
 
   t = time.perf_counter()
@@ -292,6 +304,7 @@ def main(out: str, skip_training: bool = False) -> dict:
   right = results["completions"]["right"]
   free = results["unconditional_free"]
   summary = {
+      "config": config_file, "train_seconds": train_seconds,
       "step": results["step"], "phases_seconds": {k: round(v, 1) for k, v in phases.items()},
       "total_seconds": round(total, 1), "load_average": os.getloadavg()[1],
       "held_out_bits_per_byte": trained.get("last_eval", {}).get("eval_bits_per_byte"),

@@ -59,3 +59,18 @@ def bits_by_part(tokenizer, streams: list[bytes], bits: list[np.ndarray],
   return {part: {"bits": float(total_bits[i] / n), "bytes": float(total_bytes[i] / n),
                  "bits_per_byte": float(total_bits[i] / max(total_bytes[i], 1))}
           for i, part in enumerate(PARTS)}
+
+
+def byte_bits_by_part(streams: list[bytes], bits: list[np.ndarray],
+                      max_pixels: int = 1 << 26) -> dict[str, dict[str, float]]:
+  """As `bits_by_part` for a model that gives each byte its own bits (a byte n-gram)."""
+  total_bits = np.zeros(len(PARTS))
+  total_bytes = np.zeros(len(PARTS))
+  for stream, stream_bits in zip(streams, bits):
+    parts = byte_parts(stream, max_pixels)
+    np.add.at(total_bits, parts, stream_bits)
+    np.add.at(total_bytes, parts, 1)
+  n = max(len(streams), 1)
+  return {part: {"bits": float(total_bits[i] / n), "bytes": float(total_bytes[i] / n),
+                 "bits_per_byte": float(total_bits[i] / max(total_bytes[i], 1))}
+          for i, part in enumerate(PARTS)}
