@@ -16,7 +16,8 @@ from jpeglm.codecs import make_codec, open_image
 from jpeglm.config_io import read_config
 from jpeglm.errors import JpeglmError
 from jpeglm.evaluation.bits_per_byte import bits_per_byte, sequence_rows
-from jpeglm.evaluation.protocol import sampled_bytes, pick_images
+from jpeglm.evaluation.protocol import pick_images
+from jpeglm.sampling.media import sampled_bytes, to_picture
 from jpeglm.model.transformer import ModelConfig
 from jpeglm.sampling import inference_model
 from jpeglm.sampling.run import load_run
@@ -53,6 +54,21 @@ def test_a_sample_with_a_token_that_is_no_bytes_is_cut_there_and_invalid(tokeniz
   for stray in (tokenizer.unk_id, tokenizer.bos_id):
     assert sampled_bytes(tokenizer, prompt, [*tail, stray, *tail]) == (
         b"\xff\xd8\x01\x02\x03\x04", False)
+
+
+def test_to_picture_is_valid_only_for_byte_tokens_that_decode(tokenizer):
+  """The one tokens-to-picture path: a real photo's stream is valid; the same stream with a
+  stray UNK, or cut short, is not, and says why."""
+  codec = make_codec({"name": "jpeg", "size": 64})
+  stream = codec.encode(open_image(builtin_photos()[0]))
+  prompt, rest = [tokenizer.bos_id], tokenizer.encode(stream)
+  whole = to_picture(codec, tokenizer, prompt, rest)
+  assert whole.valid and whole.reason == "" and whole.image.size == (64, 64)
+  assert whole.data == stream
+  stray = to_picture(codec, tokenizer, prompt, [*rest[:5], tokenizer.unk_id, *rest[5:]])
+  assert not stray.valid and "UNK" in stray.reason
+  short = to_picture(codec, tokenizer, prompt, rest[:len(rest) // 2])
+  assert not short.valid and short.reason and short.image is not None
 
 
 def test_bits_per_byte_equals_a_direct_forward_pass(trained_run):

@@ -19,11 +19,12 @@ def _run(args, overrides) -> int:
 
   config = load_config(args.config, overrides)
   distributed.initialize(args)
-  from jpeglm.train import train_and_evaluate
-
   import jax
 
-  result = train_and_evaluate(config, args.workdir)
+  from jpeglm.training import faults
+  from jpeglm.training.trainer import train_and_evaluate
+
+  result = train_and_evaluate(config, args.workdir, faults.from_env(jax.process_index()))
   if result and jax.process_index() == 0:
     shown = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.items()}
     print(f"done: {shown}")

@@ -227,15 +227,15 @@ def sample_and_score(out: str, config, splits: Splits, scorer: DigitScorer) -> d
   for name, generator, prompts in jobs:
     began = time.perf_counter()
     decoded = decode_generations(codec, tok, generator.generate(prompts, seed=config.seed))
-    images = [image for _, image, _, _ in decoded]
-    complete = sum(c for _, _, c, _ in decoded)
+    images = [p.image for p in decoded]
+    complete = sum(p.valid for p in decoded)
     read, confidence = scorer.read(images)
     target = os.path.join(out, "samples", name)
     os.makedirs(target, exist_ok=True)
-    for i, (data, image, _, _) in enumerate(decoded):
-      if image is not None:
+    for i, picture in enumerate(decoded):
+      if picture.image is not None:
         with open(os.path.join(target, f"sample_{i:03d}.jpg"), "wb") as f:
-          f.write(codec.standalone(codec.repair(data)))
+          f.write(codec.standalone(codec.repair(picture.data)))
     entry = {"valid": complete, "total": len(decoded), "seconds": time.perf_counter() - began,
              "confident": float(np.mean(confidence >= CONFIDENT))}
     if name == "completions":

@@ -61,16 +61,6 @@ def pick_images(source: str, num_images: int, seed: int) -> list[str] | list[dic
   return [paths[i] for i in sorted(chosen)]
 
 
-def sampled_bytes(tokenizer, prompt: list[int], generated: list[int]) -> tuple[bytes, bool]:
-  """The bytes of prompt + generated tokens up to the first generated token that stands for
-  no bytes (UNK, a stray BOS: an invalid sample), and whether there was none."""
-  invalid = {tokenizer.unk_id, tokenizer.bos_id}
-  cut = next((i for i, t in enumerate(generated)
-              if t in invalid or not 0 <= t < tokenizer.vocab_size), None)
-  kept = list(generated) if cut is None else list(generated[:cut])
-  return media.sample_bytes(tokenizer, prompt, kept), cut is None
-
-
 def complete_images(generator, tokenizer, codec: JpegCodec, streams: Sequence[bytes],
                     ratio: float, seed: int, batch_size: int) -> Completions:
   prompts = [[tokenizer.bos_id, *tokenizer.encode(codec.prefix(s, ratio))] for s in streams]
@@ -82,10 +72,9 @@ def complete_images(generator, tokenizer, codec: JpegCodec, streams: Sequence[by
     seconds += time.perf_counter() - began
     for g in generations:
       tokens += len(g.tokens)
-      data, only_byte_pieces = sampled_bytes(tokenizer, g.prompt, g.tokens)
-      image, whole, _ = media.decode_image(codec, data)
-      images.append(image)
-      complete.append(bool(whole) and only_byte_pieces)
+      picture = media.to_picture(codec, tokenizer, g.prompt, g.tokens)
+      images.append(picture.image)
+      complete.append(picture.valid)
   return Completions(images, complete, tokens, seconds)
 
 

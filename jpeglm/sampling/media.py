@@ -1,6 +1,14 @@
-"""Prompts from real media, and sampled bytes back to pictures, for images and videos."""
+"""Prompts from real media, and sampled tokens back to pictures, for images and videos.
+
+`to_picture` is the one way from a sample's tokens to an image: `jpeglm sample`, the
+trainer's sample grids, the evaluation protocol and the demos all use it, so they agree on
+what a valid sample is: every generated token stands for bytes (no UNK, no stray BOS), and
+the bytes, after the authors' repair, decode completely.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 from PIL import Image
@@ -24,8 +32,34 @@ def video_prompt(codec: AvcCodec, tokenizer: ByteTokenizer, path: str, frames: i
   return [tokenizer.bos_id, *tokenizer.encode(codec.prefix(stream, frames))], stream
 
 
-def sample_bytes(tokenizer: ByteTokenizer, prompt: list[int], generated: list[int]) -> bytes:
-  return tokenizer.decode([*prompt, *generated])
+def sampled_bytes(tokenizer: ByteTokenizer, prompt: list[int], generated: list[int]
+                  ) -> tuple[bytes, bool]:
+  """The bytes of prompt + generated tokens up to the first generated token that stands for
+  no bytes (UNK, a stray BOS: an invalid sample), and whether there was none."""
+  invalid = {tokenizer.unk_id, tokenizer.bos_id}
+  cut = next((i for i, t in enumerate(generated)
+              if t in invalid or not 0 <= t < tokenizer.vocab_size), None)
+  kept = list(generated) if cut is None else list(generated[:cut])
+  return tokenizer.decode([*prompt, *kept]), cut is None
+
+
+@dataclasses.dataclass(frozen=True)
+class Picture:
+  data: bytes  # the sample's bytes as sampled (before repair)
+  image: Image.Image | None  # what decodes, None when nothing does
+  valid: bool  # only byte tokens, and the bytes decode completely
+  reason: str  # why not valid ("" when valid)
+
+
+def to_picture(codec: JpegCodec, tokenizer: ByteTokenizer, prompt: list[int],
+               generated: list[int]) -> Picture:
+  """A sampled image: its bytes, what decodes of them, and whether it is valid."""
+  data, only_bytes = sampled_bytes(tokenizer, prompt, generated)
+  image, complete, reason = decode_image(codec, data)
+  if not only_bytes:
+    reason = "a generated token stands for no bytes (UNK or BOS)"
+  return Picture(data, image, bool(complete) and only_bytes, "" if complete and only_bytes
+                 else reason)
 
 
 def decode_image(codec: JpegCodec, data: bytes):

@@ -89,14 +89,13 @@ def sample_images(run: LoadedRun, codec: JpegCodec, out: str, prompts: list[str]
     generations = generator.generate([j[0] for j in chunk], seed=seed + start)
     for k, (g, (_, source, path)) in enumerate(zip(generations, chunk)):
       i = start + k
-      data = media.sample_bytes(run.tokenizer, g.prompt, g.tokens)
-      image, complete, reason = media.decode_image(codec, data)
+      picture = media.to_picture(codec, run.tokenizer, g.prompt, g.tokens)
+      image, complete, reason = picture.image, picture.valid, picture.reason
       if image is not None:
         with open(os.path.join(out, f"sample_{i:03d}.jpg"), "wb") as f:
-          f.write(codec.standalone(codec.repair(data)))
+          f.write(codec.standalone(codec.repair(picture.data)))
       shown = [image] if source is None else [
-          media.decode_image(codec, media.sample_bytes(run.tokenizer, g.prompt, []))[0],
-          image, source]
+          media.to_picture(codec, run.tokenizer, g.prompt, []).image, image, source]
       rows.append(media.side_by_side(shown, codec.size))
       records.append(_record(i, g, complete, reason,
                              {"prompt": path, "ratio": ratio if path else None}))
@@ -117,10 +116,12 @@ def sample_videos(run: LoadedRun, codec: AvcCodec, out: str, prompts: list[str],
     for k, (g, (_, path)) in enumerate(zip(generator.generate([j[0] for j in chunk],
                                                               seed=seed + start), chunk)):
       i = start + k
-      data = media.sample_bytes(run.tokenizer, g.prompt, g.tokens)
+      data, only_bytes = media.sampled_bytes(run.tokenizer, g.prompt, g.tokens)
       with open(os.path.join(out, f"sample_{i:03d}.h264"), "wb") as f:
         f.write(data)
       decoded, complete, reason = media.decode_video(codec, data)
+      if not only_bytes:
+        complete, reason = False, "a generated token stands for no bytes (UNK or BOS)"
       if decoded:
         pictures = [Image.fromarray(f) for f in decoded]
         pictures[0].save(os.path.join(out, f"sample_{i:03d}.gif"), save_all=True,

@@ -7,7 +7,8 @@ JPEGLM_FAULT holds comma-separated KIND@STEP[:PROCESS] items (PROCESS: only that
   nan@5         step 5's batch gets NaN loss weights, so its loss is not finite;
   diskfull@4    from step 4 on no file may grow past 64 KiB (RLIMIT_FSIZE): writes fail with
                 EFBIG as on a full disk, even for root, while small logs still get written.
-Unset (every real run), the hooks do nothing.
+`jpeglm train` installs them as the trainer's step hooks only when JPEGLM_FAULT is set; the
+training loop itself knows nothing of them.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def parse(text: str) -> list[tuple[str, int, int | None]]:
       raise ValueError(f"{ENV}={text!r}: expected KIND@STEP[:PROCESS] items, KIND one of "
                        f"{', '.join(KINDS)}") from None
   return faults
+
+
+def from_env(process_index: int) -> "Faults | None":
+  """The faults JPEGLM_FAULT asks of this process, or None (every real run)."""
+  return Faults(process_index) if os.environ.get(ENV) else None
 
 
 class Faults:

@@ -20,7 +20,6 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from jpeglm.codecs import JpegCodec, make_codec
 from jpeglm.errors import ConfigError
@@ -57,14 +56,9 @@ def held_out_streams(config: ml_collections.ConfigDict, count: int) -> list[byte
 
 
 def decode_generations(codec: JpegCodec, tokenizer: ByteTokenizer, generations
-                       ) -> list[tuple[bytes, Image.Image | None, bool, str]]:
-  """(bytes, image or None, decodes completely, reason) per generation."""
-  out = []
-  for g in generations:
-    data = media.sample_bytes(tokenizer, g.prompt, g.tokens)
-    image, complete, reason = media.decode_image(codec, data)
-    out.append((data, image, complete, reason))
-  return out
+                       ) -> list[media.Picture]:
+  """The picture of each generation (jpeglm.sampling.media.to_picture)."""
+  return [media.to_picture(codec, tokenizer, g.prompt, g.tokens) for g in generations]
 
 
 class TrainSamples:
@@ -104,7 +98,7 @@ class TrainSamples:
         [bos, *self.tokenizer.encode(cut)] for _, cut in self._prompts]
     generations = self._generator.generate(prompts, seed=self.config.seed)
     decoded = decode_generations(self.codec, self.tokenizer, generations)
-    valid = sum(complete for _, _, complete, _ in decoded) / len(decoded)
+    valid = sum(p.valid for p in decoded) / len(decoded)
     result = {"samples_valid_rate": valid, "samples_seconds": time.perf_counter() - started}
     if self.is_main:
       self._write(step, generations, decoded)
@@ -115,7 +109,7 @@ class TrainSamples:
     out = os.path.join(self.workdir, "samples", f"step_{step}")
     os.makedirs(out, exist_ok=True)
     tile = max(self.codec.size, MIN_TILE)
-    images = [image for _, image, _, _ in decoded]
+    images = [p.image for p in decoded]
     rows = [media.side_by_side(images[:NUM_UNCONDITIONAL], tile)]
     for (full, cut), image in zip(self._prompts, images[NUM_UNCONDITIONAL:]):
       rows.append(media.side_by_side(
@@ -124,11 +118,11 @@ class TrainSamples:
     grid.save(os.path.join(out, "grid.png"))
     self.metrics_log.image(step, "samples/grid", np.asarray(grid.convert("RGB")))
     with open(os.path.join(out, "samples.jsonl"), "w") as f:
-      for i, (g, (data, image, complete, reason)) in enumerate(zip(generations, decoded)):
-        if image is not None:
+      for i, (g, picture) in enumerate(zip(generations, decoded)):
+        if picture.image is not None:
           with open(os.path.join(out, f"sample_{i:03d}.jpg"), "wb") as jpg:
-            jpg.write(self.codec.standalone(self.codec.repair(data)))
+            jpg.write(self.codec.standalone(self.codec.repair(picture.data)))
         kind = "unconditional" if i < NUM_UNCONDITIONAL else "completion"
         f.write(json.dumps({"step": step, "index": i, "kind": kind,
-                            "tokens_generated": len(g.tokens), "complete": complete,
-                            "reason": reason}) + "\n")
+                            "tokens_generated": len(g.tokens), "complete": picture.valid,
+                            "reason": picture.reason}) + "\n")

@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +35,6 @@ from jpeglm.training import checkpointing
 from jpeglm.fit import chips, flops
 from jpeglm.model import transformer as model_lib
 from jpeglm.runtime import multihost
-from jpeglm.training import faults as faults_lib
 from jpeglm.training import goodput as goodput_lib
 from jpeglm.training import run_setup
 from jpeglm.model import sharding
@@ -41,12 +42,20 @@ from jpeglm.training import step as train_step
 from jpeglm.errors import JpeglmError
 from jpeglm.training.metrics_log import MetricsLog
 from jpeglm.training.samples import TrainSamples
-from jpeglm.training import stop_codes as preemption_lib
+from jpeglm.training import stop_codes
 from jpeglm.training.stop_codes import PreemptionFlag
 from jpeglm.training.state import init_state
 from jpeglm.training.step import LN2
 
 log = logging.getLogger("jpeglm.training.trainer")
+
+
+class StepHooks(Protocol):
+  """What a test may do to a run at a chosen step (jpeglm.training.faults.Faults)."""
+
+  def batch(self, step: int, rows: dict) -> dict: ...
+
+  def at_step(self, step: int, finish_writes: Callable[[], None]) -> None: ...
 
 
 def _train_iterator(config, tokenizer) -> host_batches.HostBatches:
@@ -65,8 +74,12 @@ def _checkpoint_meta(config, tokenizer_path: str, step: int) -> dict:
           "step": int(step)}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       step_hooks: StepHooks | None = None) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the last logged metrics.
+
+  `step_hooks` (tests' fault injection, jpeglm.training.faults) sees each host batch before
+  it is sent and each step once dispatched; real runs pass none."""
   started = time.perf_counter()
   is_main = jax.process_index() == 0
   train = config.train
@@ -104,14 +117,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   window = _MetricsWindow(config, feed, stop, metrics_log, is_main, start_step)
   saves = _Saves(config, workdir, checkpointer, metrics_log, goodput, start_step)
   evaluate = _Evaluator(config, tokenizer, built, mesh, metrics_log, goodput)
-  faults = faults_lib.Faults(jax.process_index())
   step = start_step
   try:
     # The steps trace (and run) with the mesh set, so the model's sharding constraints apply.
     with jax.set_mesh(mesh):
       while step < train.steps and not stop.code:
         with goodput.timed("data_wait"):
-          local = faults.batch(step + 1, feed.next_rows(step + 1))
+          local = feed.next_rows(step + 1)
+          if step_hooks is not None:
+            local = step_hooks.batch(step + 1, local)
         local["stop"] = np.maximum(local["stop"], checkpointer.stop_code())  # a failed write
         state, device_metrics = built.step(state, sharding.global_batch_from_local(local, mesh))
         step += 1
@@ -128,36 +142,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if not stop.code:
           with goodput.timed("evaluation"):  # sample grids count as evaluation time
             samples(step, state["params"])  # grids every train.sample_every steps
-        faults.at_step(step, checkpointer.wait)
+        if step_hooks is not None:
+          step_hooks.at_step(step, checkpointer.wait)
       window.flush()
-      if stop.code == preemption_lib.STOP_CHECKPOINT_FAILED:  # on some process: nothing more saved
+      if stop.code == stop_codes.STOP_CHECKPOINT_FAILED:  # on some process: nothing more saved
         raise checkpointer.failure_error(step)
 
       # The end: save the last good step (once), evaluate a finished run, explain a stop.
-      last_good = stop.last_good(step)
-      if stop.first_unchanged:
-        # A halted state counts -1; it holds the last good step's weights.
-        state = {**state, "step": _scalar_like(state["step"], last_good)}
-      had = saves.saved_at == last_good
-      if not had:
-        saves.save(last_good, state, feed.data_state(last_good))
-      if step == train.steps and not stop.first_unchanged:
-        if train.eval_every and step % train.eval_every:
-          window.last_logged.update(evaluate(step, state["params"]))
-      elif stop.code:
-        saved = (f"saved step {last_good}" if not had else
-                 f"step {last_good} was already saved" if last_good else "nothing to save")
-        message = stop.describe(train, checkpointer.directory, saved)
-        with goodput.timed("checkpoint_blocking"):
-          checkpointer.wait()
-        if stop.code >= preemption_lib.STOP_DATA_FAILED:
-          _report_goodput(goodput, metrics_log, step, is_main)
-          raise JpeglmError(message)
-        if is_main:
-          print(f"\n{message}")
+      state, message = stop.save_last_good(step, state, saves, feed, train,
+                                           checkpointer.directory)
+      if message is None and train.eval_every and step % train.eval_every:
+        window.last_logged.update(evaluate(step, state["params"]))
       with goodput.timed("checkpoint_blocking"):
         checkpointer.wait()
       _report_goodput(goodput, metrics_log, step, is_main)
+      if message and stop.code >= stop_codes.STOP_DATA_FAILED:
+        raise JpeglmError(message)
+      if message and is_main:
+        print(f"\n{message}")
   finally:
     window.close()
     checkpointer.close()
@@ -215,11 +217,11 @@ class _Feed:
           raise JpeglmError(f"data gave {local['inputs'].shape[0]} rows, expected {self.rows}")
         self.documents += int(np.sum(local["targets"] == self.eos)) * jax.process_count()
         if self.preemption.requested:
-          return local, preemption_lib.STOP_PREEMPTED
+          return local, stop_codes.STOP_PREEMPTED
         if self.budget > 0 and time.perf_counter() - self.started > self.budget:
-          return local, preemption_lib.STOP_TIME_BUDGET
-        return local, preemption_lib.STOP_NONE
-    return dict(self.empty_rows), preemption_lib.STOP_DATA_FAILED
+          return local, stop_codes.STOP_TIME_BUDGET
+        return local, stop_codes.STOP_NONE
+    return dict(self.empty_rows), stop_codes.STOP_DATA_FAILED
 
   def dispatched(self, step: int) -> None:
     self.recent[step] = self.batches.get_state() if self.stop.data_error is None else None
@@ -275,13 +277,13 @@ class _MetricsWindow:
   def _finish(self, step: int, device_metrics) -> None:
     m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     code, finite = int(m.pop("stop")), bool(m.pop("finite"))
-    if code >= preemption_lib.STOP_DATA_FAILED or self.stop.first_unchanged is not None:
+    if code >= stop_codes.STOP_DATA_FAILED or self.stop.first_unchanged is not None:
       self.stop.note(code, step, changed_state=False)
       return  # the step left the state as it was: nothing to log
     if not finite:
       if self.stop_on_nonfinite:
         self.stop.nonfinite = (m["loss"], m["grad_norm"])
-        self.stop.note(preemption_lib.STOP_NONFINITE, step, changed_state=False)
+        self.stop.note(stop_codes.STOP_NONFINITE, step, changed_state=False)
         return
       log.warning("step %d: non-finite loss, update skipped", step)
     self.stop.note(code, step, changed_state=True)
@@ -380,7 +382,7 @@ class _Stop:
   """Why this run stops early, as every process learns it from the steps' metrics."""
 
   def __init__(self):
-    self.code = preemption_lib.STOP_NONE
+    self.code = stop_codes.STOP_NONE
     self.first_unchanged = None  # the first step that left the state as it was
     self.data_error = None  # this host's data failure, one line
     self.nonfinite = None  # (loss, grad norm)
@@ -393,13 +395,30 @@ class _Stop:
   def last_good(self, dispatched: int) -> int:
     return self.first_unchanged - 1 if self.first_unchanged else dispatched
 
+  def save_last_good(self, step: int, state: dict, saves: "_Saves", feed: _Feed, train,
+                     directory: str) -> tuple[dict, str | None]:
+    """Saves the last good step unless it is saved already; returns the state as saved and,
+    for a run that stopped early, the one line that says why and what was saved."""
+    last_good = self.last_good(step)
+    if self.first_unchanged:
+      # A halted state counts -1; it holds the last good step's weights.
+      state = {**state, "step": _scalar_like(state["step"], last_good)}
+    had = saves.saved_at == last_good
+    if not had:
+      saves.save(last_good, state, feed.data_state(last_good))
+    if step == train.steps and not self.first_unchanged:
+      return state, None
+    saved = (f"saved step {last_good}" if not had else
+             f"step {last_good} was already saved" if last_good else "nothing to save")
+    return state, self.describe(train, directory, saved)
+
   def describe(self, train, directory: str, saved: str) -> str:
     resume = "rerun the same command to resume"
-    if self.code == preemption_lib.STOP_TIME_BUDGET:
+    if self.code == stop_codes.STOP_TIME_BUDGET:
       return f"time budget of {train.time_budget_minutes} min reached: {saved}; {resume}"
-    if self.code == preemption_lib.STOP_PREEMPTED:
+    if self.code == stop_codes.STOP_PREEMPTED:
       return f"preempted: {saved}; {resume}"
-    if self.code == preemption_lib.STOP_DATA_FAILED:
+    if self.code == stop_codes.STOP_DATA_FAILED:
       cause = self.data_error or "on another process (see its log)"
       return f"data failed at step {self.first_unchanged}: {cause}; {saved} in {directory}; {resume}"
     loss, grad_norm = self.nonfinite
