@@ -55,11 +55,12 @@ def builtin_videos() -> list[str]:
 
 
 def folder_files(folder: str, extensions: tuple[str, ...]) -> list[str]:
-  """Files under `folder` (recursive) with one of `extensions`, sorted for a stable order."""
+  """Files under `folder` (recursive) with one of `extensions`, sorted for a stable order.
+  Absolute paths: encoding helpers and data workers need not share the caller's cwd."""
   if not os.path.isdir(folder):
     raise JpeglmError(f"not a folder: {folder}")
   found = []
-  for root, dirs, files in os.walk(folder):
+  for root, dirs, files in os.walk(os.path.abspath(folder)):
     dirs.sort()
     found.extend(os.path.join(root, f) for f in sorted(files)
                  if f.lower().endswith(extensions) and not f.startswith("."))

@@ -1,2 +1,2 @@
-"""The demos behind `make demo` (digits, photos, video) and the digit scorer that reads their
-samples. Needs the `demo` extra (scikit-learn)."""
+"""The demos behind `make demo` (digits, digits-long, photos) and the digit scorer that reads
+their samples; nothing in the library imports them."""

@@ -43,6 +43,12 @@ CONFIG = "configs/digits.py"
 # decays to its end within the budget on a fast or a busy machine alike. The time budget
 # stays as a hard stop (a rerun resumes).
 TRAIN_SECONDS = 145.0
+# `make demo DEMO=...` -> (configs/digits.py argument, training seconds); chosen by the frontier
+# in docs/results.md.
+PRESETS = {
+    "digits": ("side=16,quality=10,augment=affine", TRAIN_SECONDS),
+    "digits-long": ("side=16,quality=10,augment=affine", 30 * 60.0),
+}
 MEASURE_FROM_STEP = 10  # the first steps (compile, warm caches) are not timed
 OVERFILL = 1.15
 EVALS = 4  # held-out evaluations after the warm-up (the loss curve's points)

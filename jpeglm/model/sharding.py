@@ -11,8 +11,8 @@ that maps them to mesh axes. A dimension that a mesh axis does not divide is rep
 over that axis instead (e.g. 4 heads on 8 tensor devices), so every layout runs on every
 shape; within one array a mesh axis is used at most once.
 
-The mesh uses Auto axes (GSPMD). verified-facts.md records a silent wrong result with Auto
-axes on (2, 2, 2) for an unconstrained residual stream, so the model pins its residual
+The mesh uses Auto axes (GSPMD). A silent wrong result was seen with Auto axes on (2, 2, 2)
+for an unconstrained residual stream (jax 0.10, CPU, fake devices), so the model pins its residual
 stream and main activations with `constrain`, and tests/test_sharding.py compares loss and
 gradients on every supported layout with a single-device run.
 """
