@@ -46,10 +46,9 @@ def main() -> None:
   from configs.jpeglm import get_config
   from jpeglm.fit import chips, flops
   from jpeglm.model import transformer as model_lib
-  from jpeglm.training import optimizer as opt_lib
   from jpeglm.model import sharding
+  from jpeglm.training import step as train_step
   from jpeglm.training.state import init_state
-  from jpeglm.training.step import make_train_step
 
   config = get_config(f"size={args.size},codec=jpeg")
   config.data.seq_len = config.model.max_len = args.seq_len
@@ -57,11 +56,9 @@ def main() -> None:
   config.model.dtype = args.dtype
   config.train.global_batch = args.batch
   mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
-  optimizer = opt_lib.make_optimizer(config.train)
-  state, layout = init_state(config, mesh, optimizer)
+  built = train_step.build(config, mesh)  # the trainer's own step: shardings, donation
+  state, _ = init_state(config, mesh, built.optimizer)
   kernel = model_lib.ModelConfig.from_config(config.model, jax.devices()[0].platform)
-  step_fn = make_train_step(model_lib.make_apply_fn(layout.graphdef, False), optimizer,
-                            opt_lib.learning_rate_schedule(config.train))
   b, l = args.batch, args.seq_len
   rng = np.random.default_rng(0)
   tokens = rng.integers(3, config.model.vocab_size, (b, l + 1)).astype(np.int32)
@@ -69,10 +66,10 @@ def main() -> None:
            "segment_ids": np.ones((b, l), np.int32),
            "positions": np.broadcast_to(np.arange(l, dtype=np.int32), (b, l)).copy(),
            "weights": np.ones((b, l), np.float32), "target_tokens": np.full(b, l, np.int32),
-           "target_bytes": np.full(b, l, np.int32)}
+           "target_bytes": np.full(b, l, np.int32), "stop": np.zeros(b, np.int32)}
   with jax.set_mesh(mesh):
     batch = sharding.shard_batch(batch, mesh)
-    step = jax.jit(step_fn, donate_argnums=0)
+    step = built.step
     times = []
     for i in range(args.warmup + args.steps):
       began = time.perf_counter()
