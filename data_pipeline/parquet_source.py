@@ -26,6 +26,11 @@ def split_spec(rest: str) -> tuple[str, str]:
   return rest, ""
 
 
+# Column names that Hugging Face datasets and img2dataset use for media, in order of preference.
+MEDIA_COLUMNS = {"image": ("image", "img", "jpg", "jpeg", "png", "webp"),
+                 "video": ("video", "mp4", "webm")}
+
+
 def _holds_bytes(field_type: pa.DataType) -> bool:
   if pa.types.is_binary(field_type) or pa.types.is_large_binary(field_type):
     return True
@@ -40,12 +45,17 @@ def media_column(schema: pa.Schema, column: str, kind: str, path: str) -> str:
       raise JpeglmError(f"{path}: column {column!r} holds {schema.field(column).type}, not "
                         "bytes or a {bytes, path} struct")
     return column
-  if kind in schema.names and _holds_bytes(schema.field(kind).type):
-    return kind
-  for field in schema:
-    if _holds_bytes(field.type):
-      return field.name
-  raise JpeglmError(f"{path} has no bytes column (columns: {', '.join(schema.names)}); "
+  for name in MEDIA_COLUMNS[kind]:  # as datasets name them, most common first
+    if name in schema.names and _holds_bytes(schema.field(name).type):
+      return name
+  holding = [field.name for field in schema if _holds_bytes(field.type)]
+  if len(holding) == 1:
+    return holding[0]
+  columns = ", ".join(schema.names)
+  if holding:
+    raise JpeglmError(f"{path}: several bytes columns ({', '.join(holding)}) and none named "
+                      f"{'/'.join(MEDIA_COLUMNS[kind])}; name one as parquet:GLOB:COLUMN")
+  raise JpeglmError(f"{path} has no bytes column (columns: {columns}); "
                     "name one as parquet:GLOB:COLUMN")
 
 

@@ -54,7 +54,14 @@ def split_source(config: ml_collections.ConfigDict, split: str
     if split not in ("train", "eval"):
       raise JpeglmError(f"split={split!r}: use train or eval")
     return source, np.arange(len(source.items))
-  return source, sources.split_indices(len(source.items), split, data.get("eval_fraction", 0.05))
+  fraction = data.get("eval_fraction", 0.05)
+  if source.item_kind == sources.STREAM:
+    # Streams are held out by item (streaming.ItemFilter), so both splits read every file.
+    if split not in ("train", "eval"):
+      raise JpeglmError(f"split={split!r}: use train or eval")
+    none = split == "eval" and fraction <= 0
+    return source, np.arange(0 if none else len(source.items))
+  return source, sources.split_indices(len(source.items), split, fraction)
 
 
 class _EncodeStreamed:
@@ -114,6 +121,18 @@ def augment_kind(config: ml_collections.ConfigDict, source: sources.Source, spli
   return "" if kind == "affine" and split != "train" else kind
 
 
+def _stream_filter(config: ml_collections.ConfigDict, source: sources.Source, split: str
+                   ) -> streaming.ItemFilter:
+  """A streaming source's split by item name, unless data.eval_source gives one."""
+  if source.item_kind != sources.STREAM or config.data.eval_source:
+    return streaming.ItemFilter()
+  roots = [f.rsplit("/", 1)[0] + "/" if "/" in f else "" for f in source.items]
+  root = os.path.commonprefix(roots)
+  return streaming.ItemFilter(split=split, eval_fraction=float(config.data.get("eval_fraction",
+                                                                               0.05)),
+                              seed=int(config.seed), name_root=root[:root.rfind("/") + 1])
+
+
 def encoded_documents(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer | None, *,
                       split: str, process_index: int, process_count: int, shuffle: bool,
                       repeat: bool, seed: int) -> Documents:
@@ -123,6 +142,10 @@ def encoded_documents(config: ml_collections.ConfigDict, tokenizer: ByteTokenize
   source, indices = split_source(config, split)
   _check_tokenizer(source, tokenizer)
   shard = indices[process_index::process_count]
+  item_filter = _stream_filter(config, source, split)
+  if source.item_kind == sources.STREAM and len(indices) and len(indices) < process_count:
+    shard = indices  # fewer files than processes: each reads all, keeps every k-th item
+    item_filter = item_filter.then_stride(process_count, process_index)
   if len(shard) == 0:
     unit = "files" if source.item_kind == sources.STREAM else "items"
     raise JpeglmError(f"{split} split of {source.spec} has {len(indices)} {unit}: too few for "
@@ -137,7 +160,7 @@ def encoded_documents(config: ml_collections.ConfigDict, tokenizer: ByteTokenize
     stream = streaming.StreamDataset(
         [source.items[i] for i in shard], source.reader, seed=seed, shuffle=shuffle,
         shuffle_buffer=config.data.get("shuffle_buffer", streaming.DEFAULT_SHUFFLE_BUFFER),
-        repeat=repeat)
+        repeat=repeat, item_filter=item_filter)
     return Documents(stream.map(_EncodeStreamed(encoder)), None, source, len(shard))
   ds = grain.MapDataset.source(shard)
   if shuffle:

@@ -6,6 +6,12 @@ shard s: `files[s::num_shards]`, and Grain workers split those again), `cycle_le
 at once, taking items in turn, so that consecutive items come from different files. A window
 of `shuffle_buffer` items is then permuted by a seed derived from (seed, window number).
 
+Fewer files than readers (one parquet file, two workers) is no error: every reader then reads
+all the files and keeps every k-th item (`ItemFilter.stride`); slower, said once in the log,
+and it works. Held-out items, when the source has no split of its own, are chosen by a seeded
+hash of each item's name (relative to the source's folder), so the split is the same on every
+host, under any number of readers, and needs no second file.
+
 State: where the reading stood when the current window began (epoch, next file, the open
 files and how many items each has given) plus the window number and how many of its items
 were returned. Resuming re-reads that one window (raw bytes, no decoding) and goes on from
@@ -16,6 +22,9 @@ in a new order (seeded), and with `repeat` the stream never ends.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,14 +38,48 @@ DEFAULT_SHUFFLE_BUFFER = 512
 
 # A reader gives the items of one file from a position on: (path, start) -> iterator of dicts.
 Reader = Callable[[str, int], Iterator[dict]]
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemFilter:
+  """Which items of its files a reader keeps: every `stride`-th from `offset` (by position in
+  its file), and, with `eval_fraction` > 0, those on this `split`'s side of the name hash."""
+  stride: int = 1
+  offset: int = 0
+  split: str = "train"
+  eval_fraction: float = 0.0
+  seed: int = 0
+  name_root: str = ""  # stripped from item names before hashing: the split survives a move
+
+  def then_stride(self, count: int, index: int) -> "ItemFilter":
+    """This filter's items shared again among `count` readers; reader `index`'s share."""
+    return dataclasses.replace(self, stride=self.stride * count,
+                               offset=self.offset + self.stride * index)
+
+  def keeps(self, position: int, item: dict) -> bool:
+    if position % self.stride != self.offset:
+      return False
+    if self.eval_fraction <= 0:
+      return True
+    name = str(item.get("name", ""))
+    if self.name_root and name.startswith(self.name_root):
+      name = name[len(self.name_root):]
+    return (is_held_out(name, self.eval_fraction, self.seed)) == (self.split == "eval")
+
+
+def is_held_out(name: str, eval_fraction: float, seed: int) -> bool:
+  digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
+  return int.from_bytes(digest, "little") / 2.0 ** 64 < eval_fraction
 
 
 class _StreamIterator(grain.DatasetIterator):
 
   def __init__(self, files: list[str], reader: Reader, seed: int, shuffle: bool,
-               shuffle_buffer: int, cycle_length: int, repeat: bool):
+               shuffle_buffer: int, cycle_length: int, repeat: bool, item_filter: ItemFilter):
     super().__init__()
     self._files, self._reader, self._seed = files, reader, seed
+    self._filter = item_filter
     self._shuffle, self._repeat = shuffle, repeat
     self._buffer_size = max(1, shuffle_buffer) if shuffle else 1
     # Unshuffled (prepare, evaluation): one file after another, in file order.
@@ -100,7 +143,10 @@ class _StreamIterator(grain.DatasetIterator):
         else:
           read["turn"] = 0
         continue
+      position = read["slots"][slot][1]
       read["slots"][slot][1] += 1
+      if not self._filter.keeps(position, item):
+        continue  # another reader's item, or the other split's
       self._items_this_epoch += 1
       read["turn"] = (slot + 1) % len(read["slots"])
       return item
@@ -162,27 +208,34 @@ class StreamDataset(grain.IterDataset):
   windows of `shuffle_buffer` (see the module docstring)."""
 
   def __init__(self, files: list[str], reader: Reader, *, seed: int, shuffle: bool,
-               shuffle_buffer: int, repeat: bool, cycle_length: int = 4):
+               shuffle_buffer: int, repeat: bool, cycle_length: int = 4,
+               item_filter: ItemFilter = ItemFilter()):
     super().__init__()
     if not files:
       raise JpeglmError("a streaming source needs at least one file")
     self._files = list(files)
+    self._filter = item_filter
     self._reader = reader
     self._seed, self._shuffle, self._repeat = seed, shuffle, repeat
     self._shuffle_buffer, self._cycle_length = shuffle_buffer, cycle_length
 
   def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
-    """Grain workers: each reads its own files of this data shard."""
+    """Grain workers: each reads its own files of this data shard, or, with fewer files than
+    workers, every worker reads them all and keeps every k-th item."""
     del sequential_slice  # files are split round-robin either way
-    files = self._files[sl]
-    if not files:
-      raise JpeglmError(f"{len(self._files)} files for this data shard cannot feed "
-                        f"{sl.step} data workers: use more shards or fewer data.num_workers")
-    self._files = files
+    workers, index = sl.step or 1, sl.start or 0
+    if len(self._files) < workers:
+      if index == 0:
+        log.warning("%d file(s) for %d data workers: each worker reads them all and keeps every "
+                    "%d-th item (slower; more files than workers avoid it)",
+                    len(self._files), workers, workers)
+      self._filter = self._filter.then_stride(workers, index)
+    else:
+      self._files = self._files[sl]
 
   def __iter__(self) -> _StreamIterator:
     return _StreamIterator(self._files, self._reader, self._seed, self._shuffle,
-                           self._shuffle_buffer, self._cycle_length, self._repeat)
+                           self._shuffle_buffer, self._cycle_length, self._repeat, self._filter)
 
   def __str__(self) -> str:
     return f"StreamDataset({len(self._files)} files)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
 import time
 
@@ -20,7 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from data_pipeline import parquet_source, pipeline, prepare, prepared_shards, sources, wds_source
+from data_pipeline import (parquet_source, pipeline, prepare, prepared_shards, sources, streaming,
+                           wds_source)
 from data_pipeline.media_files import builtin_photos, builtin_videos
 from jpeglm.config_io import load_config
 from jpeglm.errors import JpeglmError
@@ -215,17 +217,42 @@ def test_two_processes_read_disjoint_shards(wds_dir, tokenizer):
             for i in range(2)]
   assert not shards[0] & shards[1]
   assert shards[0] | shards[1] == {str(p) for p in wds_dir.iterdir()}
-  # 3 shards over 2 processes: 2 + 1; over 4 processes one would have nothing: refused.
+  # 3 shards over 2 processes: 2 + 1. Over 4 processes each reads all 3 and keeps every
+  # 4th item: together every item once, none refused.
   assert sorted(len(s) for s in shards) == [1, 2]
-  with pytest.raises(JpeglmError, match="3 files: too few for 4 processes"):
-    stream_documents(config, tokenizer, 3, 4)
+  alone = [d["source"] for d in stream_documents(config, tokenizer)]
+  fourths = [[d["source"] for d in stream_documents(config, tokenizer, i, 4)] for i in range(4)]
+  assert all(fourths) and sorted(sum(fourths, [])) == sorted(alone)
 
 
-def test_eval_split_holds_out_whole_shards(wds_dir, tokenizer):
+def test_eval_split_holds_out_items_by_name_the_same_under_any_sharding(wds_dir, tokenizer):
   config = tiny_config(f"wds:{wds_dir}/*.tar", eval_fraction=0.3)
-  train = {d["source"].rsplit("/", 1)[0] for d in stream_documents(config, tokenizer)}
-  held = {d["source"].rsplit("/", 1)[0] for d in stream_documents(config, tokenizer, split="eval")}
-  assert len(held) == 1 and not train & held and len(train) == 2
+  train = [d["source"] for d in stream_documents(config, tokenizer)]
+  held = [d["source"] for d in stream_documents(config, tokenizer, split="eval")]
+  everything = [d["source"] for d in stream_documents(tiny_config(f"wds:{wds_dir}/*.tar",
+                                                                  eval_fraction=0.0), tokenizer)]
+  assert held and train and not set(train) & set(held)
+  assert sorted(train + held) == sorted(everything)
+  # Items, not shards: a shard gives to both splits.
+  assert {h.rsplit("/", 1)[0] for h in held} & {s.rsplit("/", 1)[0] for s in train}
+  # Two processes (and a copy of the shards elsewhere) hold out the same items.
+  two = [d["source"] for i in range(2) for d in stream_documents(config, tokenizer, i, 2,
+                                                                 split="eval")]
+  assert sorted(two) == sorted(held)
+
+
+def test_one_file_feeds_more_readers_than_it_has_files(parquet_dir, tokenizer, tmp_path):
+  """One parquet file, two processes: each reads it all and keeps every other row; together
+  they read each row once, and both splits get rows."""
+  single = tmp_path / "one"
+  single.mkdir()
+  shutil.copy(sorted(parquet_dir.iterdir())[0], single / "train-00000.parquet")
+  source = f"parquet:{single}/*.parquet"
+  alone = [d["source"] for d in stream_documents(tiny_config(source, eval_fraction=0.0), tokenizer)]
+  halves = [[d["source"] for d in stream_documents(tiny_config(source, eval_fraction=0.0),
+                                                   tokenizer, i, 2)] for i in range(2)]
+  assert halves[0] and halves[1] and not set(halves[0]) & set(halves[1])
+  assert sorted(halves[0] + halves[1]) == sorted(alone)
 
 
 def test_prepare_from_tar_gives_the_documents_read_on_the_fly(wds_dir, tokenizer_path, tmp_path):
@@ -483,3 +510,41 @@ def test_a_helper_that_cannot_start_stops_the_pipeline_instead_of_skipping(
     pipeline.encoded_documents(config, tokenizer, split="train", process_index=0,
                                process_count=1, shuffle=False, repeat=False, seed=config.seed
                                ).dataset.__iter__().__next__()
+
+
+def test_workers_share_one_file_by_item_and_resume_exactly(parquet_dir):
+  """Grain's slice for 2 workers over 1 file: each keeps every other row; a worker's state
+  taken mid-file resumes to the same items."""
+  path = str(sorted(parquet_dir.iterdir())[0])
+  reader = parquet_source.ParquetReader("", "image")
+
+  def worker(index):
+    ds = streaming.StreamDataset([path], reader, seed=0, shuffle=True, shuffle_buffer=2,
+                                 repeat=True)
+    ds.set_slice(slice(index, None, 2))
+    return iter(ds)
+
+  everything = [i["name"] for i in reader(path)]
+  firsts = [[next(worker(w))["name"]] for w in range(2)]
+  shares = [[i["name"] for i in take(worker(w), len(everything) // 2)] for w in range(2)]
+  assert not set(shares[0]) & set(shares[1]) and sorted(sum(shares, [])) == sorted(everything)
+  assert firsts[0][0] in shares[0]
+  it = worker(1)
+  take(it, 4)
+  state = it.get_state()
+  expected = [i["name"] for i in take(it, 5)]
+  resumed = worker(1)
+  resumed.set_state(state)
+  assert [i["name"] for i in take(resumed, 5)] == expected
+
+
+def test_media_column_is_found_by_the_names_datasets_use():
+  import pyarrow as pa
+
+  schema = pa.schema([("caption", pa.binary()), ("img", pa.binary()), ("key", pa.string())])
+  assert parquet_source.media_column(schema, "", "image", "a.parquet") == "img"
+  only = pa.schema([("pixels_blob", pa.binary()), ("key", pa.string())])
+  assert parquet_source.media_column(only, "", "image", "a.parquet") == "pixels_blob"
+  two = pa.schema([("a", pa.binary()), ("b", pa.binary())])
+  with pytest.raises(JpeglmError, match=r"a.parquet: several bytes columns \(a, b\)"):
+    parquet_source.media_column(two, "", "image", "a.parquet")
