@@ -26,32 +26,23 @@ Arguments: `model=base|large` (large: d 256, 4 layers, 3.2M parameters), `side=2
 import ml_collections
 
 from configs import jpeglm as base
+from configs.config_args import parse_config_arg
 
 # model=...: (d_model, n_layers, n_heads, d_ff)
 MODELS = {"base": (128, 2, 2, 352), "large": (256, 4, 4, 704)}
 
 
-def _parse_arg(arg: str | None) -> dict[str, str]:
-  args = {"model": "base", "side": "28", "quality": "25", "augment": "none"}
-  for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
-    if key not in args:
-      raise ValueError(f"unknown config argument {key!r} in {arg!r}; use "
-                       + ", ".join(f"{k}=..." for k in args))
-    args[key] = value
-  if args["model"] not in MODELS:
-    raise ValueError(f"model={args['model']!r}: choose one of {sorted(MODELS)}")
-  if args["side"] not in ("16", "28"):
-    raise ValueError(f"side={args['side']!r}: choose 16 or 28")
-  if not args["quality"].isdigit() or not 1 <= int(args["quality"]) <= 100:
-    raise ValueError(f"quality={args['quality']!r}: an integer in 1..100")
-  if args["augment"] not in ("none", "affine"):
-    raise ValueError(f"augment={args['augment']!r}: choose none or affine")
-  return args
+def _quality(value: str) -> bool:
+  """an integer in 1..100"""
+  return value.isdigit() and 1 <= int(value) <= 100
+
+
+ARGS = {"model": ("base", tuple(MODELS)), "side": ("28", ("16", "28")),
+        "quality": ("25", _quality), "augment": ("none", ("none", "affine"))}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = _parse_arg(arg)
+  args = parse_config_arg(arg, ARGS)
   c = base.get_config("size=tiny,codec=jpeg")
 
   # 28: MNIST's own size, 16 MCUs a digit; 16: USPS's, 4 MCUs and about half the bytes.

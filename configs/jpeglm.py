@@ -12,6 +12,8 @@ images; `small` is the CPU benchmark shape (d 512, 8 layers).
 
 import ml_collections
 
+from configs.config_args import parse_config_arg
+
 # (d_model, n_layers, n_heads, n_kv_heads, d_ff)
 MODEL_SIZES = {
     "tiny": (64, 2, 4, 4, 176),
@@ -25,22 +27,9 @@ AVC_SHAPES = {"tiny": (1024, (64, 36)), "small": (4096, (128, 72)),
               "1b": (32768, (256, 144)), "7b": (32768, (256, 144))}
 
 
-def _parse_arg(arg: str | None) -> dict[str, str]:
-  out = {"size": "tiny", "codec": "jpeg"}
-  for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
-    if key not in out:
-      raise ValueError(f"unknown config argument {key!r} in {arg!r}; use size=..., codec=...")
-    out[key] = value
-  if out["size"] not in MODEL_SIZES:
-    raise ValueError(f"size={out['size']!r}: choose one of {sorted(MODEL_SIZES)}")
-  if out["codec"] not in ("jpeg", "avc"):
-    raise ValueError(f"codec={out['codec']!r}: choose jpeg or avc")
-  return out
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = _parse_arg(arg)
+  args = parse_config_arg(arg, {"size": ("tiny", tuple(MODEL_SIZES)),
+                               "codec": ("jpeg", ("jpeg", "avc"))})
   size, codec_name = args["size"], args["codec"]
   c = ml_collections.ConfigDict()
   c.seed = 0
