@@ -18,6 +18,7 @@ steps redone after a restart) is printed as one `goodput` line at the end: jpegl
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -84,30 +85,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   is_main = jax.process_index() == 0
   train = config.train
 
-  # Setup: everything that can be refused is refused before any compute.
-  run_setup.check_workdir_config(config, workdir)
-  mesh = sharding.make_mesh(config.mesh)
-  model_cfg = model_lib.ModelConfig.from_config(config.model, mesh.devices.flat[0].platform)
-  sharding.check_batch_layout(train.global_batch, train.grad_accum, dict(mesh.shape))
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-  tokenizer = run_setup.resolve_tokenizer(config, workdir, is_main, multihost.barrier)
-  if is_main:
-    run_setup.write_config(config, workdir)
-  checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, run_setup.CHECKPOINT_DIR), keep=train.keep_checkpoints)
-  checkpointer.check_writable()
-  built = train_step.build(config, mesh)
-  state, start_step, data_state, resumed = _restore_or_init(config, mesh, built, checkpointer)
-  batches = _train_iterator(config, tokenizer)
-  if data_state is not None:
-    batches.set_state(data_state)
-  if is_main:
-    # An imported checkpoint (jpeglm import) resumes from step 0.
-    print(("resuming from step %d" % start_step) if resumed else "starting from step 0",
-          f"in {workdir}: {sum(x.size for x in jax.tree.leaves(state['params'])):,} parameters, "
-          f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es); attention "
-          f"{model_cfg.attention_kernel}, remat {model_cfg.remat}, {model_cfg.dtype}")
+  setup = _set_up(config, workdir, is_main)
+  mesh, tokenizer, checkpointer, built = (setup.mesh, setup.tokenizer, setup.checkpointer,
+                                          setup.built)
+  state, start_step, batches = setup.state, setup.start_step, setup.batches
 
   metrics_log = MetricsLog(workdir, enabled=is_main)
   goodput = goodput_lib.Goodput(workdir, started, start_step, train.steps, enabled=is_main)
@@ -167,6 +148,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     metrics_log.close()
     feed.close()
   return window.last_logged
+
+
+@dataclasses.dataclass
+class _Setup:
+  mesh: jax.sharding.Mesh
+  tokenizer: object  # ByteTokenizer
+  checkpointer: checkpointing.Checkpointer
+  built: train_step.TrainStep
+  state: dict
+  start_step: int
+  batches: host_batches.HostBatches
+
+
+def _set_up(config, workdir: str, is_main: bool) -> _Setup:
+  """Everything that can be refused is refused here, before any compute; then the state,
+  restored or fresh, and the data iterator where the checkpoint left it."""
+  train = config.train
+  run_setup.check_workdir_config(config, workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  model_cfg = model_lib.ModelConfig.from_config(config.model, mesh.devices.flat[0].platform)
+  sharding.check_batch_layout(train.global_batch, train.grad_accum, dict(mesh.shape))
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+  tokenizer = run_setup.resolve_tokenizer(config, workdir, is_main, multihost.barrier)
+  if is_main:
+    run_setup.write_config(config, workdir)
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, run_setup.CHECKPOINT_DIR), keep=train.keep_checkpoints)
+  checkpointer.check_writable()
+  built = train_step.build(config, mesh)
+  state, start_step, data_state, resumed = _restore_or_init(config, mesh, built, checkpointer)
+  batches = _train_iterator(config, tokenizer)
+  if data_state is not None:
+    batches.set_state(data_state)
+  if is_main:
+    # An imported checkpoint (jpeglm import) resumes from step 0.
+    print(("resuming from step %d" % start_step) if resumed else "starting from step 0",
+          f"in {workdir}: {sum(x.size for x in jax.tree.leaves(state['params'])):,} parameters, "
+          f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es); attention "
+          f"{model_cfg.attention_kernel}, remat {model_cfg.remat}, {model_cfg.dtype}")
+  return _Setup(mesh, tokenizer, checkpointer, built, state, start_step, batches)
 
 
 def _restore_or_init(config, mesh, built: train_step.TrainStep,
