@@ -20,9 +20,12 @@ def codec_streams(config: ml_collections.ConfigDict, num_files: int, num_workers
                   ) -> tuple[list[bytes], list[str]]:
   """Codec bytes of up to `num_files` training items (a shuffled sample), and the errors of
   the items that could not be encoded."""
+  # One pass over a plain source: a small folder gives each file once, not num_files copies.
+  # Augmented built-in media give a new crop on every pass.
+  augmented = pipeline.split_source(config, "train")[0].augment
   documents = pipeline.encoded_documents(
       config, None, split="train", process_index=0, process_count=1, shuffle=True,
-      repeat=True, seed=config.seed)
+      repeat=augmented, seed=config.seed)
   if documents.source.item_kind not in ("file", "tfds_record", "stream"):
     raise JpeglmError(f"{documents.source.spec} holds tokens already; use the tokenizer.model "
                       "written next to its shards")
@@ -54,4 +57,9 @@ def train_tokenizer_from_source(config: ml_collections.ConfigDict, path: str,
     log.warning("tokenizer training skipped: %s", error)
   if not streams:
     raise JpeglmError(f"no usable media in {config.data.source} to train a tokenizer on")
+  distinct = len(set(streams))
+  print(f"training a {config.tokenizer.vocab_size}-token tokenizer on {len(streams)} items of "
+        f"{config.data.source} ({distinct} distinct streams; tokenizer.num_files="
+        f"{config.tokenizer.num_files}"
+        + (f", {len(errors)} unreadable" if errors else "") + f") -> {path}")
   return ByteTokenizer.train(streams, config.tokenizer.vocab_size, path)

@@ -54,8 +54,6 @@ def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str, is_main: 
   else:
     if is_main and not os.path.exists(target):
       from data_pipeline.tokenizer_training import train_tokenizer_from_source
-      print(f"training a {config.tokenizer.vocab_size}-token tokenizer on "
-            f"{config.tokenizer.num_files} files of {config.data.source} -> {target}")
       train_tokenizer_from_source(config, target, config.data.num_workers)
     wait_for_main("tokenizer")
     tokenizer = ByteTokenizer.load(target)
