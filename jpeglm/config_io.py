@@ -2,6 +2,11 @@
 
 Parsing is ml_collections' own config_flags (types are checked against the config);
 this module only adds clear errors for unknown keys and JSON round trips.
+
+Every config, from a file or a workdir, passes `settle` once on its way in: a key that an
+older run's config.json lacks takes its default from configs/jpeglm.py (the one place for
+defaults), and the choices that no single module owns are checked in one line each. The
+rest of the code then reads keys directly, without fallbacks of its own.
 """
 
 from __future__ import annotations
@@ -59,6 +64,36 @@ def _parse(define, argv: Sequence[str]) -> ml_collections.ConfigDict:
   return fv.config
 
 
+# Settings with a fixed set of values, checked on load (the model checks its own: ModelConfig).
+CHOICES = {
+    ("data", "packing"): ("concat", "document"),
+    ("data", "augment"): ("auto", "none", "crop", "affine"),
+    ("train", "on_nonfinite"): ("stop", "skip"),
+}
+
+
+def _fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict
+                  ) -> None:
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(config[key],
+                                                                     ml_collections.ConfigDict):
+      _fill_missing(config[key], value)
+
+
+def settle(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with defaults for the keys it lacks, its fixed choices checked."""
+  codec = config.get("codec", {}).get("name", "jpeg")
+  with config.unlocked():  # files' configs come locked: new keys are the defaults' only
+    _fill_missing(config, default_config(f"codec={codec}" if codec in ("jpeg", "avc") else ""))
+  for (section, key), allowed in CHOICES.items():
+    value = config[section][key]
+    if value not in allowed:
+      raise ConfigError(f"{section}.{key}={value!r}: choose one of {', '.join(allowed)}")
+  return config
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Loads `path.py[:arg]` and applies overrides (`--config.a.b=v`)."""
   path = spec.split(":", 1)[0]
@@ -71,7 +106,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   try:
     base = _parse(define, [f"--config={spec}"])
     _check_override_keys(base, overrides)
-    return _parse(define, [f"--config={spec}", *overrides])
+    return settle(_parse(define, [f"--config={spec}", *overrides]))
   except (ValueError, TypeError) as e:
     if isinstance(e, ConfigError):
       raise
@@ -83,11 +118,11 @@ def apply_overrides(config: ml_collections.ConfigDict,
   """Returns a copy of `config` with overrides applied (for configs read from a workdir)."""
   _check_override_keys(config, overrides)
   if not overrides:
-    return config
-  return _parse(
+    return settle(config)
+  return settle(_parse(
       lambda fv, argv: config_flags.DEFINE_config_dict(
           "config", ml_collections.ConfigDict(config.to_dict()), flag_values=fv, sys_argv=argv),
-      overrides)
+      overrides))
 
 
 def default_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -146,4 +181,4 @@ def read_config(path: str) -> ml_collections.ConfigDict:
       raise ConfigError(f"{path} is damaged: its '{section}' section is "
                         + ("missing" if section not in value else
                            f"a JSON {type(value[section]).__name__}, not an object"))
-  return ml_collections.ConfigDict(value)
+  return settle(ml_collections.ConfigDict(value))

@@ -93,7 +93,7 @@ def build_scorer(codec, splits: Splits) -> DigitScorer:
 
 def describe(config) -> str:
   side, quality = config.codec.size, config.codec.quality
-  augment = config.data.get("augment", "auto")
+  augment = config.data.augment
   return (f"{side}x{side} gray JPEG q{quality}"
           + (", training digits shifted/turned/scaled" if augment == "affine" else ""))
 

@@ -66,7 +66,7 @@ class TrainSamples:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, tokenizer: ByteTokenizer,
                metrics_log: MetricsLog, mesh=None):
-    self.every = int(config.train.get("sample_every", 0) or 0)
+    self.every = int(config.train.sample_every or 0)
     self.config, self.workdir, self.tokenizer = config, workdir, tokenizer
     self.metrics_log, self.mesh = metrics_log, mesh
     self.is_main = jax.process_index() == 0

@@ -21,7 +21,6 @@ import optax
 from jax.sharding import Mesh
 
 from jpeglm.training import batch_spec
-from jpeglm.errors import ConfigError
 from jpeglm.training.losses import token_losses
 from jpeglm.training.stop_codes import STOP_DATA_FAILED
 
@@ -136,9 +135,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainStep:
   from jpeglm.training.state import state_layout
 
   train = config.train
-  on_nonfinite = train.get("on_nonfinite", "stop")
-  if on_nonfinite not in ("stop", "skip"):
-    raise ConfigError(f"train.on_nonfinite={on_nonfinite!r}: choose 'stop' or 'skip'")
+  on_nonfinite = train.on_nonfinite  # "stop" or "skip", checked on load (config_io.settle)
   optimizer = opt_lib.make_optimizer(train)
   layout = state_layout(config, mesh, optimizer)
   apply_fn = model_lib.make_apply_fn(layout.graphdef,

@@ -60,7 +60,7 @@ class StepHooks(Protocol):
 
 
 def _train_iterator(config, tokenizer) -> host_batches.HostBatches:
-  num_shards = int(config.data.get("num_shards", 0)) or jax.process_count()
+  num_shards = int(config.data.num_shards) or jax.process_count()
   shards = host_batches.owned_shards(num_shards, jax.process_index(), jax.process_count())
   if config.train.global_batch % num_shards:
     raise JpeglmError(f"train.global_batch={config.train.global_batch} is not a multiple of "
@@ -213,7 +213,7 @@ class _Feed:
   def __init__(self, config, batches: host_batches.HostBatches, built: train_step.TrainStep,
                eos: int, stop: "_Stop", started: float):
     self.batches, self.stop, self.eos, self.started = batches, stop, eos, started
-    self.budget = 60.0 * float(config.train.get("time_budget_minutes", 0) or 0)
+    self.budget = 60.0 * float(config.train.time_budget_minutes or 0)
     self.rows = config.train.global_batch // jax.process_count()
     self.empty_rows = built.empty_rows(self.rows)  # once the data failed; trains nothing
     self.preemption = PreemptionFlag()
@@ -269,7 +269,7 @@ class _MetricsWindow:
   def __init__(self, config, feed: _Feed, stop: "_Stop", metrics_log: MetricsLog,
                is_main: bool, start_step: int):
     self.train, self.feed, self.stop, self.metrics_log = config.train, feed, stop, metrics_log
-    self.stop_on_nonfinite = self.train.get("on_nonfinite", "stop") == "stop"
+    self.stop_on_nonfinite = self.train.on_nonfinite == "stop"
     seq_len = config.data.seq_len
     self.flops_per_step = (flops.flops_per_token(config.model, seq_len)
                            * self.train.global_batch * seq_len)
