@@ -23,18 +23,19 @@ CHECKPOINT_DIR = "checkpoints"
 MODEL_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "param_dtype")
 
 
-def check_same_model(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+def check_same_model(saved: ml_collections.ConfigDict, model: ml_collections.ConfigDict,
                      where: str) -> None:
+  """`saved` and `model` are `config.model` sections: a rerun must build the same weights."""
   for key in MODEL_KEYS:
-    if saved.model.get(key) != config.model.get(key):
-      raise ConfigError(f"{where} holds a run with model.{key}={saved.model.get(key)!r}, this "
-                        f"config has {config.model.get(key)!r}: use another --workdir")
+    if saved.get(key) != model.get(key):
+      raise ConfigError(f"{where} holds a run with model.{key}={saved.get(key)!r}, this "
+                        f"config has {model.get(key)!r}: use another --workdir")
 
 
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(path):
-    check_same_model(read_config(path), config, workdir)
+    check_same_model(read_config(path).model, config.model, workdir)
 
 
 def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str, is_main: bool,

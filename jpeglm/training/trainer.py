@@ -94,7 +94,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   goodput = goodput_lib.Goodput(workdir, started, start_step, train.steps, enabled=is_main)
   samples = TrainSamples(config, workdir, tokenizer, metrics_log, mesh)  # train.sample_every
   stop = _Stop()
-  feed = _Feed(config, batches, built, tokenizer.eos_id, stop, started)
+  feed = _Feed(config.train, batches, built, tokenizer.eos_id, stop, started)
   window = _MetricsWindow(config, feed, stop, metrics_log, is_main, start_step)
   saves = _Saves(config, workdir, checkpointer, metrics_log, goodput, start_step)
   evaluate = _Evaluator(config, tokenizer, built, mesh, metrics_log, goodput)
@@ -197,7 +197,7 @@ def _restore_or_init(config, mesh, built: train_step.TrainStep,
   """(state, step, data iterator state, restored?) of the latest checkpoint, or a fresh
   state."""
   def same_model(meta: dict) -> None:
-    run_setup.check_same_model(ml_collections.ConfigDict(meta["config"]), config,
+    run_setup.check_same_model(ml_collections.ConfigDict(meta["config"]).model, config.model,
                                f"{checkpointer.directory} (step {meta.get('step')})")
 
   restored = checkpointer.restore(built.layout.abstract, check_meta=same_model)
@@ -210,11 +210,11 @@ class _Feed:
   """This host's rows of each batch, with its stop code (jpeglm.training.stop_codes) in "stop", and
   the data iterator's state after the last few steps (the last good one is saved)."""
 
-  def __init__(self, config, batches: host_batches.HostBatches, built: train_step.TrainStep,
-               eos: int, stop: "_Stop", started: float):
+  def __init__(self, train: ml_collections.ConfigDict, batches: host_batches.HostBatches,
+               built: train_step.TrainStep, eos: int, stop: "_Stop", started: float):
     self.batches, self.stop, self.eos, self.started = batches, stop, eos, started
-    self.budget = 60.0 * float(config.train.time_budget_minutes or 0)
-    self.rows = config.train.global_batch // jax.process_count()
+    self.budget = 60.0 * float(train.time_budget_minutes or 0)
+    self.rows = train.global_batch // jax.process_count()
     self.empty_rows = built.empty_rows(self.rows)  # once the data failed; trains nothing
     self.preemption = PreemptionFlag()
     self.recent: dict[int, dict | None] = {}  # step -> data state after it
