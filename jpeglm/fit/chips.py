@@ -5,7 +5,10 @@ FLOP/s, HBM per device and its bandwidth, bidirectional ICI bandwidth per chip, 
 where published (v5p: 50 Gbps; v5e lists 2 x 100 Gbps NICs per 8-chip host, 25 Gbps per chip;
 v4's and v6e's are not published and are taken as v5e's). The gcloud runtime (VM image) per
 generation is Cloud TPU's "TPU software versions". GPU peaks are the vendors' data sheets
-(dense bf16).
+(dense bf16). GKE node labels (`cloud.google.com/gke-tpu-accelerator`,
+`cloud.google.com/gke-accelerator`) and machine types are GKE's "Plan TPUs in GKE" and GPU
+pages' (read 2026-12); launch/gke.sh reads them. Hosts per slice come from
+compile_check.parse_topology.
 """
 
 from __future__ import annotations
@@ -30,17 +33,22 @@ class TpuGeneration:
   grid_dims: int  # 3-D torus (v4, v5p) or 2-D (v5e, v6e)
   runtime_version: str  # gcloud --version / --runtime-version for TPU VMs
   device_kinds: tuple[str, ...]  # jax.Device.device_kind prefixes
+  gke_accelerator: str = ""  # GKE node label cloud.google.com/gke-tpu-accelerator
 
 
 TPUS = {
     "v4": TpuGeneration(275e12, 1228 * GB, 300 * GB, 25e9 / 8, 32 * GIB, "v4", "megacore", 2,
-                        4, 3, "tpu-ubuntu2204-base", ("TPU v4",)),
+                        4, 3, "tpu-ubuntu2204-base", ("TPU v4",),
+                        gke_accelerator="tpu-v4-podslice"),
     "v5p": TpuGeneration(459e12, 2765 * GB, 1200 * GB, 50e9 / 8, 95 * GIB, "v5", "megacore", 2,
-                         4, 3, "v2-alpha-tpuv5", ("TPU v5p", "TPU v5")),
+                         4, 3, "v2-alpha-tpuv5", ("TPU v5p", "TPU v5"),
+                         gke_accelerator="tpu-v5p-slice"),
     "v5e": TpuGeneration(197e12, 819 * GB, 400 * GB, 25e9 / 8, 16 * GIB, "v5e", "default", 1,
-                         4, 2, "v2-alpha-tpuv5-lite", ("TPU v5 lite", "TPU v5e")),
+                         4, 2, "v2-alpha-tpuv5-lite", ("TPU v5 lite", "TPU v5e"),
+                         gke_accelerator="tpu-v5-lite-podslice"),
     "v6e": TpuGeneration(918e12, 1638 * GB, 800 * GB, 25e9 / 8, 32 * GIB, "v6e", "default", 1,
-                         4, 2, "v2-alpha-tpuv6e", ("TPU v6 lite", "TPU v6e")),
+                         4, 2, "v2-alpha-tpuv6e", ("TPU v6 lite", "TPU v6e"),
+                         gke_accelerator="tpu-v6e-slice"),
 }
 # Other spellings of a generation in Cloud names (v5litepod-16).
 ALIASES = {"v5litepod": "v5e", "v6": "v6e", "v5": "v5p"}
@@ -48,6 +56,24 @@ ALIASES = {"v5litepod": "v5e", "v6": "v6e", "v5": "v5p"}
 CHIPS = TPUS
 
 GPU_PEAK_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuNode:
+  """A GKE GPU node pool's machine: its peak is GPU_PEAK_FLOPS[device_kind]."""
+  device_kind: str  # jax.Device.device_kind prefix
+  gpus: int  # GPUs per node
+  machine_type: str
+  gke_accelerator: str  # GKE node label cloud.google.com/gke-accelerator
+
+
+# `launch/gke.sh --accelerator NAME` for GPU node pools (A3 and A2 Ultra machines).
+GPU_NODES = {
+    "h100-80gb": GpuNode("NVIDIA H100", 8, "a3-highgpu-8g", "nvidia-h100-80gb"),
+    "h100-mega-80gb": GpuNode("NVIDIA H100", 8, "a3-megagpu-8g", "nvidia-h100-mega-80gb"),
+    "h200-141gb": GpuNode("NVIDIA H200", 8, "a3-ultragpu-8g", "nvidia-h200-141gb"),
+    "a100-80gb": GpuNode("NVIDIA A100", 8, "a2-ultragpu-8g", "nvidia-a100-80gb"),
+}
 
 
 def peak_flops(device_kind: str) -> float | None:
