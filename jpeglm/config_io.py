@@ -132,17 +132,10 @@ def default_config(arg: str = "") -> ml_collections.ConfigDict:
 
 
 def write_file_atomically(path: str, data: bytes) -> None:
-  """Writes `path` through a temporary file and a rename: other processes reading it (every
-  process of a multi-process run reads what process 0 writes) see the old file or the whole
-  new one, never a half-written one."""
-  temporary = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(temporary, "wb") as f:
-      f.write(data)
-    os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
+  """Writes `path` (local or a URL) whole: other processes reading it (every process of a
+  multi-process run reads what process 0 writes) see the old file or the new one."""
+  from jpeglm.runtime import files
+  files.write_bytes(path, data)
 
 
 def save_config(config: ml_collections.ConfigDict, path: str) -> None:
@@ -151,9 +144,9 @@ def save_config(config: ml_collections.ConfigDict, path: str) -> None:
 
 def read_json_file(path: str, kind: type = dict):
   """A JSON file's content; a damaged file is a one-line ConfigError naming it."""
+  from jpeglm.runtime import files
   try:
-    with open(path, "rb") as f:
-      value = json.loads(f.read().decode("utf-8"))
+    value = json.loads(files.read_bytes(path).decode("utf-8"))
   except json.JSONDecodeError as e:
     raise ConfigError(f"{path} is damaged: not JSON ({e.msg} at line {e.lineno}, column "
                       f"{e.colno})") from None
@@ -173,7 +166,8 @@ RUN_SECTIONS = ("codec", "tokenizer", "data", "model", "train")
 
 
 def read_config(path: str) -> ml_collections.ConfigDict:
-  if not os.path.isfile(path):
+  from jpeglm.runtime import files
+  if not files.exists(path):
     raise ConfigError(f"no config at {path}: is this a jpeglm workdir?")
   value = read_json_file(path)
   for section in RUN_SECTIONS:

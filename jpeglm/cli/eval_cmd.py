@@ -35,9 +35,10 @@ def _run(args, overrides) -> int:
   from jpeglm.config_io import apply_overrides, read_config
   from jpeglm.evaluation.protocol import evaluate
   from jpeglm.evaluation.report import format_table
+  from jpeglm.runtime import files
   from jpeglm.training.run_setup import CONFIG_FILE
 
-  config = apply_overrides(read_config(os.path.join(args.workdir, CONFIG_FILE)), overrides)
+  config = apply_overrides(read_config(files.join(args.workdir, CONFIG_FILE)), overrides)
   out = args.out or os.path.join(args.workdir, "eval")
   report = evaluate(args.workdir, config, args.images, args.ratios, args.num_images,
                     args.seeds, out, args.step, args.batch_size)

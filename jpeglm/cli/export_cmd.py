@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 
 
 def register(subparsers) -> None:
@@ -39,11 +38,12 @@ def register(subparsers) -> None:
 def _export(args, overrides) -> int:
   from jpeglm.config_io import apply_overrides, read_config
   from jpeglm.export.export import export_workdir
+  from jpeglm.runtime import files
   from jpeglm.training.run_setup import CONFIG_FILE
 
   config = None
   if overrides:
-    config = apply_overrides(read_config(os.path.join(args.workdir, CONFIG_FILE)), overrides)
+    config = apply_overrides(read_config(files.join(args.workdir, CONFIG_FILE)), overrides)
   reader = export_workdir(args.workdir, args.out, args.step, args.dtype,
                           int(args.max_shard_gb * 1024**3), config)
   print(f"exported step {reader.step} of {args.workdir} to {args.out} ({args.dtype})")

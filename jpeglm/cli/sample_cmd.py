@@ -23,6 +23,7 @@ def register(subparsers) -> None:
 
 def _run(args, overrides) -> int:
   from jpeglm.config_io import apply_overrides, read_config
+  from jpeglm.runtime import files
   from jpeglm.training.run_setup import CONFIG_FILE
   from jpeglm.sampling.run import sample_from_workdir
 
@@ -31,7 +32,10 @@ def _run(args, overrides) -> int:
   for flag, value in (("--num-samples", args.num_samples), ("--batch-size", args.batch_size)):
     if value < 1:
       raise JpeglmError(f"{flag} {value}: must be >= 1")
-  config = apply_overrides(read_config(os.path.join(args.workdir, CONFIG_FILE)), overrides)
+  config = apply_overrides(read_config(files.join(args.workdir, CONFIG_FILE)), overrides)
+  if not args.out and files.is_url(args.workdir):
+    raise JpeglmError(f"--workdir {args.workdir} is a URL: give --out DIR, a local folder for "
+                      "the samples")
   out = args.out or os.path.join(args.workdir, "samples")
   records = sample_from_workdir(args.workdir, config, out, args.prompt, args.ratio, args.frames,
                                 args.num_samples, args.seed, args.step, args.batch_size)

@@ -21,6 +21,7 @@ from jpeglm.training.checkpointing import Checkpointer
 from jpeglm.codecs import AvcCodec, JpegCodec, make_codec
 from jpeglm.codecs.jpeg_grammar import JpegGrammar
 from jpeglm.errors import ConfigError
+from jpeglm.runtime import files
 from jpeglm.sampling import media
 from jpeglm.sampling.generate import Generation, Generator, SamplingSettings
 from jpeglm.tokenizer import ByteTokenizer
@@ -39,9 +40,9 @@ class LoadedRun:
 def load_run(workdir: str, config: ml_collections.ConfigDict, step: int | None = None) -> LoadedRun:
   """Parameters (only) of a checkpoint, laid out on this machine's devices, and the tokenizer."""
   mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
-  restored = Checkpointer(os.path.join(workdir, run_setup.CHECKPOINT_DIR)).restore_params(
+  restored = Checkpointer(files.join(workdir, run_setup.CHECKPOINT_DIR)).restore_params(
       abstract_params(config, mesh).abstract, step)
-  tokenizer = ByteTokenizer.load(os.path.join(workdir, run_setup.TOKENIZER_FILE))
+  tokenizer = ByteTokenizer.load(files.local_copy(files.join(workdir, run_setup.TOKENIZER_FILE)))
   return LoadedRun(config, restored.state, tokenizer, restored.step, mesh)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jpeglm.training import checkpoint_sync
-from jpeglm.runtime import multihost
+from jpeglm.runtime import files, multihost
 from jpeglm.training import stop_codes as preemption
 from jpeglm.errors import JpeglmError
 
@@ -38,13 +38,11 @@ class Restored:
 
 
 def encode_file(path: str) -> str:
-  with open(path, "rb") as f:
-    return base64.b64encode(f.read()).decode("ascii")
+  return base64.b64encode(files.read_bytes(path)).decode("ascii")
 
 
 def decode_file(text: str, path: str) -> None:
-  with open(path, "wb") as f:
-    f.write(base64.b64decode(text))
+  files.write_bytes(path, base64.b64decode(text))
 
 
 class Checkpointer:

@@ -23,8 +23,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
+
+from jpeglm.runtime import files
+
+REMOTE_WRITE_SECONDS = 30.0
 
 FILE = "goodput.json"
 CATEGORIES = ("startup_and_compile", "training_steps", "data_wait", "checkpoint_blocking",
@@ -38,12 +41,11 @@ log = logging.getLogger("jpeglm.training.goodput")
 
 def read_attempts(workdir: str) -> list[dict]:
   """The attempts recorded in WORKDIR/goodput.json (none if missing or unreadable)."""
-  path = os.path.join(workdir, FILE)
-  if not os.path.exists(path):
+  path = files.join(workdir, FILE)
+  if not files.exists(path):
     return []
   try:
-    with open(path) as f:
-      return list(json.load(f)["attempts"])
+    return list(json.loads(files.read_bytes(path))["attempts"])
   except (OSError, ValueError, KeyError, TypeError) as e:
     log.warning("%s is unreadable (%s): goodput starts a new record", path, e)
     return []
@@ -54,9 +56,10 @@ class Goodput:
 
   def __init__(self, workdir: str, started: float, start_step: int, end_step: int,
                enabled: bool = True):
-    self.path = os.path.join(workdir, FILE)
+    self.path = files.join(workdir, FILE)
     self.enabled = enabled
     self.started = self._mark = started
+    self._written = started
     self.previous = read_attempts(workdir) if enabled else []
     # Steps up to here were dispatched by an earlier attempt, after the checkpoint resumed.
     last = max((a.get("last_step") or 0 for a in self.previous), default=0)
@@ -87,7 +90,10 @@ class Goodput:
     self.charge(self._phase)
     self._phase = "lost_to_restarts" if step <= self.redo_until else "training_steps"
     self.record["last_step"] = step
-    self._write()
+    # A remote workdir gets an object write at most every REMOTE_WRITE_SECONDS: a record at
+    # most that old survives a kill there (every step's, on a local disk).
+    if not files.is_url(self.path) or time.perf_counter() - self._written > REMOTE_WRITE_SECONDS:
+      self._write()
 
   def finish(self) -> dict:
     """Closes this attempt's record; returns its figures and the workdir's totals."""
@@ -110,10 +116,9 @@ class Goodput:
     self.record["wall_seconds"] = time.perf_counter() - self.started
     if not self.enabled:
       return
-    temporary = f"{self.path}.tmp"
-    with open(temporary, "w") as f:
-      json.dump({"attempts": [*self.previous, self.record]}, f)
-    os.replace(temporary, self.path)  # a kill leaves the old record or the new one, whole
+    self._written = time.perf_counter()
+    # Written whole: a kill leaves the old record or the new one.
+    files.write_bytes(self.path, json.dumps({"attempts": [*self.previous, self.record]}).encode())
 
 
 def _fraction(record: dict) -> float:

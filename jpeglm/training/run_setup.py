@@ -7,13 +7,14 @@ tokenizer's vocabulary is the model's, and writes config.json and tokenizer.mode
 
 from __future__ import annotations
 
-import filecmp
 import os
+import tempfile
 
 import ml_collections
 
 from jpeglm.config_io import read_config, save_config, write_file_atomically
 from jpeglm.errors import ConfigError, JpeglmError
+from jpeglm.runtime import files
 from jpeglm.tokenizer import ByteTokenizer
 
 CONFIG_FILE = "config.json"
@@ -33,8 +34,8 @@ def check_same_model(saved: ml_collections.ConfigDict, model: ml_collections.Con
 
 
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(path):
+  path = files.join(workdir, CONFIG_FILE)
+  if files.exists(path):
     check_same_model(read_config(path).model, config.model, workdir)
 
 
@@ -42,22 +43,27 @@ def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str, is_main: 
                       wait_for_main) -> ByteTokenizer:
   """The run's tokenizer: config.tokenizer.path, else the workdir's, else trained from the
   data source by process 0 into the workdir."""
-  target = os.path.join(workdir, TOKENIZER_FILE)
+  target = files.join(workdir, TOKENIZER_FILE)
   given = config.tokenizer.path
   if given:
-    tokenizer = ByteTokenizer.load(given)
-    if os.path.exists(target) and not filecmp.cmp(given, target, shallow=False):
+    tokenizer = ByteTokenizer.load(files.local_copy(given))
+    if files.exists(target) and files.read_bytes(target) != files.read_bytes(given):
       raise JpeglmError(f"{workdir} was trained with another tokenizer than {given}; use "
                         "another --workdir")
-    if is_main and not os.path.exists(target):
-      with open(given, "rb") as f:
-        write_file_atomically(target, f.read())  # the others may be comparing it already
+    if is_main and not files.exists(target):
+      # The others may be comparing it already: written whole.
+      write_file_atomically(target, files.read_bytes(given))
   else:
-    if is_main and not os.path.exists(target):
+    if is_main and not files.exists(target):
       from data_pipeline.tokenizer_training import train_tokenizer_from_source
-      train_tokenizer_from_source(config, target, config.data.num_workers)
+      local = (os.path.join(tempfile.mkdtemp(prefix="jpeglm-"), TOKENIZER_FILE)
+               if files.is_url(target) else target)
+      train_tokenizer_from_source(config, local, config.data.num_workers)
+      if local != target:
+        with open(local, "rb") as f:
+          write_file_atomically(target, f.read())
     wait_for_main("tokenizer")
-    tokenizer = ByteTokenizer.load(target)
+    tokenizer = ByteTokenizer.load(files.local_copy(target))
   if tokenizer.vocab_size != config.model.vocab_size:
     raise ConfigError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but "
                       f"model.vocab_size is {config.model.vocab_size}")
@@ -65,4 +71,4 @@ def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str, is_main: 
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  save_config(config, os.path.join(workdir, CONFIG_FILE))
+  save_config(config, files.join(workdir, CONFIG_FILE))

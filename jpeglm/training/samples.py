@@ -13,8 +13,8 @@ Every process runs the generation (the parameters are global arrays); the main o
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import time
 
 import jax
@@ -23,6 +23,7 @@ import numpy as np
 
 from jpeglm.codecs import JpegCodec, make_codec
 from jpeglm.errors import ConfigError
+from jpeglm.runtime import files
 from jpeglm.training.metrics_log import MetricsLog
 from jpeglm.sampling import media
 from jpeglm.sampling.run import build_generator
@@ -106,8 +107,8 @@ class TrainSamples:
     return result
 
   def _write(self, step: int, generations, decoded) -> None:
-    out = os.path.join(self.workdir, "samples", f"step_{step}")
-    os.makedirs(out, exist_ok=True)
+    out = files.join(self.workdir, "samples", f"step_{step}")
+    files.makedirs(out)
     tile = max(self.codec.size, MIN_TILE)
     images = [p.image for p in decoded]
     rows = [media.side_by_side(images[:NUM_UNCONDITIONAL], tile)]
@@ -115,14 +116,17 @@ class TrainSamples:
       rows.append(media.side_by_side(
           [self.codec.decode(cut).image, image, self.codec.decode(full).image], tile))
     grid = media.stack_rows(rows)
-    grid.save(os.path.join(out, "grid.png"))
+    png = io.BytesIO()
+    grid.save(png, format="PNG")
+    files.write_bytes(files.join(out, "grid.png"), png.getvalue())
     self.metrics_log.image(step, "samples/grid", np.asarray(grid.convert("RGB")))
-    with open(os.path.join(out, "samples.jsonl"), "w") as f:
-      for i, (g, picture) in enumerate(zip(generations, decoded)):
-        if picture.image is not None:
-          with open(os.path.join(out, f"sample_{i:03d}.jpg"), "wb") as jpg:
-            jpg.write(self.codec.standalone(self.codec.repair(picture.data)))
-        kind = "unconditional" if i < NUM_UNCONDITIONAL else "completion"
-        f.write(json.dumps({"step": step, "index": i, "kind": kind,
-                            "tokens_generated": len(g.tokens), "complete": picture.valid,
-                            "reason": picture.reason}) + "\n")
+    lines = []
+    for i, (g, picture) in enumerate(zip(generations, decoded)):
+      if picture.image is not None:
+        files.write_bytes(files.join(out, f"sample_{i:03d}.jpg"),
+                          self.codec.standalone(self.codec.repair(picture.data)))
+      kind = "unconditional" if i < NUM_UNCONDITIONAL else "completion"
+      lines.append(json.dumps({"step": step, "index": i, "kind": kind,
+                               "tokens_generated": len(g.tokens), "complete": picture.valid,
+                               "reason": picture.reason}) + "\n")
+    files.write_bytes(files.join(out, "samples.jsonl"), "".join(lines).encode())

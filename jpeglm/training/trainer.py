@@ -35,7 +35,7 @@ from data_pipeline import host_batches, pipeline
 from jpeglm.training import checkpointing
 from jpeglm.fit import chips, flops
 from jpeglm.model import transformer as model_lib
-from jpeglm.runtime import multihost
+from jpeglm.runtime import files, multihost
 from jpeglm.training import goodput as goodput_lib
 from jpeglm.training import run_setup
 from jpeglm.model import sharding
@@ -170,7 +170,7 @@ def _set_up(config, workdir: str, is_main: bool) -> _Setup:
   model_cfg = model_lib.ModelConfig.from_config(config.model, mesh.devices.flat[0].platform)
   sharding.check_batch_layout(train.global_batch, train.grad_accum, dict(mesh.shape))
   if is_main:
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
   tokenizer = run_setup.resolve_tokenizer(config, workdir, is_main, multihost.barrier)
   if is_main:
     run_setup.write_config(config, workdir)
@@ -341,7 +341,7 @@ class _Saves:
                metrics_log: MetricsLog, goodput: goodput_lib.Goodput, saved_at: int):
     self.config, self.checkpointer, self.metrics_log = config, checkpointer, metrics_log
     self.goodput = goodput
-    self.tokenizer_path = os.path.join(workdir, run_setup.TOKENIZER_FILE)
+    self.tokenizer_path = files.join(workdir, run_setup.TOKENIZER_FILE)
     self.saved_at = saved_at
 
   def save(self, step: int, state: dict, data_state: dict) -> None:
