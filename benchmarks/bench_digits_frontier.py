@@ -55,14 +55,21 @@ def main() -> None:
   parser.add_argument("--minutes", type=float, default=3.0, help="training budget")
   parser.add_argument("--out", required=True)
   parser.add_argument("--grid", default="", help="copy the unconditional grid here")
+  parser.add_argument("--samples", type=int, default=128,
+                      help="unconditional samples scored (the share's standard error at 10%%: "
+                           "2.7 points for 128)")
+  parser.add_argument("--skip-training", action="store_true",
+                      help="score the run already in --out again")
   args = parser.parse_args()
   began = time.perf_counter()
-  summary = digits.main(args.out, config_arg=args.arg, train_seconds=60.0 * args.minutes)
+  summary = digits.main(args.out, args.skip_training, args.arg, 60.0 * args.minutes,
+                        args.samples)
   order, ngram = ngram_strokes(args.arg)
   samples = summary["samples"]
   strokes = samples["bits_by_part"]["detailed_mcus"]["bits_per_byte"]
   row = {"budget": f"{args.minutes:g} CPU min ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
          "config": f"configs/digits.py:{args.arg}", "steps": summary["step"],
+         "unconditional_samples": args.samples,
          "held_out_bits_per_byte": summary["held_out_bits_per_byte"],
          "strokes_bits_per_byte": strokes, "ngram_strokes_bits_per_byte": ngram,
          "ngram_order": order, "unconditional_confident": summary["unconditional_confident"],

@@ -148,6 +148,7 @@ def test_affine_augmentation_is_seeded_and_leaves_held_out_digits_real():
   assert all(held[i]["codec_bytes"] == held_plain[i]["codec_bytes"] for i in range(0, 1000, 97))
 
 
+@pytest.mark.slow  # three short training runs (~55 s); `make test-slow`
 def test_training_on_augmented_digits_resumes_exactly(tmp_path):
   import signal
   import subprocess

@@ -179,6 +179,15 @@ def train(out: str, config, train_seconds: float = TRAIN_SECONDS) -> dict:
           "steps": config.train.steps}
 
 
+def trained_run(out: str) -> dict:
+  """What `train` returns, read back from the run in `out` (--skip-training)."""
+  from jpeglm.training.metrics_log import read_metrics
+
+  evals = [r for r in read_metrics(os.path.join(out, "run")) if "eval_bits_per_byte" in r]
+  return {"first_eval": evals[0] if evals else {}, "last_eval": evals[-1] if evals else {},
+          "steps": read_config_steps(os.path.join(out, "run"))}
+
+
 def read_config_steps(workdir: str) -> int | None:
   """The step count of the run in `workdir` (a rerun resumes toward it), None if none."""
   from jpeglm.config_io import read_config
@@ -209,7 +218,8 @@ def _save_grid(images: list[Image.Image | None], captions: list[str], per_row: i
     f.write("\n".join(captions) + "\n")
 
 
-def sample_and_score(out: str, config, splits: Splits, scorer: DigitScorer) -> dict:
+def sample_and_score(out: str, config, splits: Splits, scorer: DigitScorer,
+                     num_unconditional: int = NUM_UNCONDITIONAL) -> dict:
   from jpeglm.config_io import read_config
   from jpeglm.sampling.run import load_run
   from jpeglm.sampling.run import build_generator
@@ -227,7 +237,7 @@ def sample_and_score(out: str, config, splits: Splits, scorer: DigitScorer) -> d
   safe = build_generator(run.params, config, tok, codec, syntax_safe=True, mesh=run.mesh)
   free = build_generator(run.params, config, tok, codec, syntax_safe=False, mesh=run.mesh)
   cuts = [codec.prefix(codec.encode(splits.images[i]), PROMPT_RATIO) for i in splits.prompts]
-  jobs = (("unconditional_syntax_safe", safe, [[tok.bos_id]] * NUM_UNCONDITIONAL),
+  jobs = (("unconditional_syntax_safe", safe, [[tok.bos_id]] * num_unconditional),
           ("unconditional_free", free, [[tok.bos_id]] * NUM_FREE),
           ("completions", safe, [[tok.bos_id, *tok.encode(c)] for c in cuts]))
   for name, generator, prompts in jobs:
@@ -273,7 +283,8 @@ def sample_and_score(out: str, config, splits: Splits, scorer: DigitScorer) -> d
 
 
 def main(out: str, skip_training: bool = False, config_arg: str = "",
-         train_seconds: float = TRAIN_SECONDS) -> dict:
+         train_seconds: float = TRAIN_SECONDS, num_unconditional: int = NUM_UNCONDITIONAL
+         ) -> dict:
   """The demo with `configs/digits.py:{config_arg}` trained for `train_seconds`."""
   started = time.perf_counter()
   os.makedirs(out, exist_ok=True)
@@ -291,7 +302,7 @@ def main(out: str, skip_training: bool = False, config_arg: str = "",
   if skip_training and not os.path.isfile(os.path.join(out, "run", "config.json")):
     raise JpeglmError(f"--skip-training: no trained run in {out}/run; run the demo without it "
                       "once")
-  trained = {} if skip_training else train(out, config, train_seconds)
+  trained = trained_run(out) if skip_training else train(out, config, train_seconds)
   phases["train"] = time.perf_counter() - t
 
   t = time.perf_counter()
@@ -302,7 +313,7 @@ def main(out: str, skip_training: bool = False, config_arg: str = "",
   phases["scorer"] = time.perf_counter() - t
 
   t = time.perf_counter()
-  results = sample_and_score(out, config, splits, scorer)
+  results = sample_and_score(out, config, splits, scorer, num_unconditional)
   phases["sample"] = time.perf_counter() - t
   total = time.perf_counter() - started
 

@@ -21,8 +21,8 @@ import fsspec
 from jpeglm.errors import JpeglmError
 
 
-def is_url(path: str) -> bool:
-  return "://" in path
+def is_url(path: str | os.PathLike) -> bool:
+  return "://" in os.fspath(path)
 
 
 def join(base: str, *parts: str) -> str:
@@ -39,6 +39,7 @@ def _fs(path: str):
 
 
 def exists(path: str) -> bool:
+  path = os.fspath(path)
   if not is_url(path):
     return os.path.exists(path)
   fs, inner = _fs(path)
@@ -52,6 +53,7 @@ def makedirs(path: str) -> None:
 
 
 def read_bytes(path: str) -> bytes:
+  path = os.fspath(path)
   if not is_url(path):
     with open(path, "rb") as f:
       return f.read()
@@ -62,6 +64,7 @@ def read_bytes(path: str) -> bytes:
 
 def write_bytes(path: str, data: bytes) -> None:
   """Writes `path` whole: readers see the old content or the new, never half of it."""
+  path = os.fspath(path)
   if is_url(path):
     fs, inner = _fs(path)
     with fs.open(inner, "wb") as f:
@@ -80,6 +83,7 @@ def write_bytes(path: str, data: bytes) -> None:
 def local_copy(path: str) -> str:
   """A local path holding `path`'s bytes (for libraries that read only local files, such as
   SentencePiece); `path` itself when it is local."""
+  path = os.fspath(path)
   if not is_url(path):
     return path
   folder = tempfile.mkdtemp(prefix="jpeglm-")
