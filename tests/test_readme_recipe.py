@@ -13,7 +13,8 @@ import pytest
 from data_pipeline.media_files import builtin_photos
 from tests.train_helpers import REPO, env_with_devices, tiny_overrides
 
-pytestmark = pytest.mark.export  # the recipe ends with `jpeglm export --verify` (torch)
+# The recipe ends with `jpeglm export --verify` (torch); four CLI runs, ~55 s: `make test-slow`.
+pytestmark = [pytest.mark.export, pytest.mark.slow]
 
 SMALL = {"train.steps": 4, "train.checkpoint_every": 2}
 
