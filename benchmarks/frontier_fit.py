@@ -42,14 +42,28 @@ def main() -> None:
   share = np.array([r["unconditional_confident"] for r in rows])
   slope, intercept = np.polyfit(np.log(minutes), strokes, 1)
   print(f"strokes' bits per byte ~ {intercept:.3f} {slope:+.3f} ln(minutes)")
-  if np.ptp(strokes) > 0 and np.ptp(share) > 0:
-    s_slope, s_intercept = np.polyfit(strokes, share, 1)
-    needed = (args.goal - s_intercept) / s_slope
-    print(f"unconditional share ~ {s_intercept:.3f} {s_slope:+.3f} x strokes' bits per byte: "
-          f"{args.goal:.0%} needs {needed:.3f} bits per byte")
-    if slope < 0:
-      budget = math.exp((needed - intercept) / slope)
-      print(f"-> about {budget:,.0f} minutes of this machine (extrapolated: a fit, not a run)")
+  if slope < 0:
+    for target in (3.0, 2.5, 2.0):
+      print(f"  strokes at {target:.1f} bits per byte: about "
+            f"{math.exp((target - intercept) / slope):,.0f} minutes (extrapolated)")
+  s_slope, s_intercept = np.polyfit(strokes, share, 1)
+  # The share must rise as the strokes' bits per byte fall; otherwise the rows do not say
+  # where the goal lies, and a fit would only extrapolate noise.
+  if s_slope >= 0 or np.ptp(share) < 2 * math.sqrt(0.1 * 0.9 / 128):
+    print(f"unconditional share {share.min():.0%}-{share.max():.0%} does not rise with these "
+          f"rows beyond sampling noise: no budget for {args.goal:.0%} can be read from them")
+    return
+  needed = (args.goal - s_intercept) / s_slope
+  if needed <= 0:
+    print(f"unconditional share {share.min():.0%}-{share.max():.0%}: its trend in these rows "
+          f"would need {needed:.1f} bits per byte (below zero) for {args.goal:.0%}; the rows do "
+          "not say where the goal lies")
+    return
+  print(f"unconditional share ~ {s_intercept:.3f} {s_slope:+.3f} x strokes' bits per byte: "
+        f"{args.goal:.0%} needs {needed:.3f} bits per byte")
+  if slope < 0:
+    budget = math.exp((needed - intercept) / slope)
+    print(f"-> about {budget:,.0f} minutes of this machine (extrapolated: a fit, not a run)")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@ PROMPTS_PER_DIGIT = 3
 PROMPT_RATIO = 0.5
 # The scorer reads every sample at MNIST's own size (16x16 samples are scaled up).
 SCORER_SIDE = 28
+# What the frontier measured (docs/results.md, 2026-12-05), said when a run falls short.
+BUDGET_NOTE = ("budget: no run on two CPU cores has drawn digits yet; 30 min (make demo "
+               "DEMO=digits-long) draws strokes, 6% read as digits; the strokes' bits per byte "
+               "fall 0.53 per e-fold of compute, 2.5 bits a byte in about 3 hours (docs/results.md)")
 GOALS = {"unconditional_confident": 0.5, "completions_right": 0.6}
 TILE = 56
 
@@ -354,5 +358,7 @@ def main(out: str, skip_training: bool = False, config_arg: str = "",
         " a byte; random: 8), and header, markers and background "
         f"{sum(parts[k]['bits'] for k in ('header', 'markers', 'flat_mcus')):.1f} in "
         f"{sum(parts[k]['bytes'] for k in ('header', 'markers', 'flat_mcus')):.0f} bytes")
+  if uncond < GOALS["unconditional_confident"]:
+    print(BUDGET_NOTE)
   print(f"everything is in {out}/ (loss_curve.png, samples/*/grid.png, summary.json)")
   return summary
