@@ -181,10 +181,8 @@ def _batches(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer, *, spl
   documents = encoded_documents(
       config, tokenizer, split=split, process_index=process_index, process_count=process_count,
       shuffle=shuffle, repeat=True, seed=seed)
-  if documents.stream_files and documents.stream_files < num_workers:
-    raise JpeglmError(f"{documents.source.spec}: data shard {process_index} has "
-                      f"{documents.stream_files} files, fewer than data.num_workers={num_workers} "
-                      "(each worker reads its own files): use fewer workers or more shards")
+  # Fewer stream files than workers is fine: the workers then share them by item
+  # (streaming.StreamDataset.set_slice).
   dataset = documents.dataset
   if isinstance(dataset, grain.MapDataset):
     dataset = dataset.to_iter_dataset(read_options(config.data))
