@@ -138,11 +138,8 @@ def encoded_documents(config: ml_collections.ConfigDict, tokenizer: ByteTokenize
   give an IterDataset over this process's files (`shard_size` None)."""
   source, indices = split_source(config, split)
   _check_tokenizer(source, tokenizer)
-  shard = indices[process_index::process_count]
-  item_filter = _stream_filter(config, source, split)
-  if source.item_kind == sources.STREAM and len(indices) and len(indices) < process_count:
-    shard = indices  # fewer files than processes: each reads all, keeps every k-th item
-    item_filter = item_filter.then_stride(process_count, process_index)
+  # Streams share their files, or with too few files their items (StreamDataset.share).
+  shard = indices if source.item_kind == sources.STREAM else indices[process_index::process_count]
   if len(shard) == 0:
     unit = "files" if source.item_kind == sources.STREAM else "items"
     raise JpeglmError(f"{split} split of {source.spec} has {len(indices)} {unit}: too few for "
@@ -157,8 +154,9 @@ def encoded_documents(config: ml_collections.ConfigDict, tokenizer: ByteTokenize
     stream = streaming.StreamDataset(
         [source.items[i] for i in shard], source.reader, seed=seed, shuffle=shuffle,
         shuffle_buffer=config.data.shuffle_buffer,
-        repeat=repeat, item_filter=item_filter)
-    return Documents(stream.map(_EncodeStreamed(encoder)), None, source, len(shard))
+        repeat=repeat, item_filter=_stream_filter(config, source, split))
+    stream.share(process_count, process_index, "data shards")
+    return Documents(stream.map(_EncodeStreamed(encoder)), None, source, len(stream.files))
   ds = grain.MapDataset.source(shard)
   if shuffle:
     ds = ds.shuffle(seed=seed)  # followed by repeat: a fresh order every epoch
@@ -175,9 +173,7 @@ def _batches(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer, *, spl
   if global_batch % process_count:
     raise JpeglmError(f"train.global_batch={global_batch} does not split evenly over "
                       f"{process_count} processes")
-  packing_name = config.data.packing
-  if packing_name not in packing.PACKINGS:
-    raise JpeglmError(f"data.packing={packing_name!r}: choose one of {packing.PACKINGS}")
+  packing_name = config.data.packing  # one of packing.PACKINGS: checked on load
   documents = encoded_documents(
       config, tokenizer, split=split, process_index=process_index, process_count=process_count,
       shuffle=shuffle, repeat=True, seed=seed)

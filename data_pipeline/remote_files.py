@@ -14,20 +14,12 @@ import shutil
 import tempfile
 from typing import IO
 
-import fsspec
-
 from jpeglm.errors import JpeglmError
-
-
-def is_url(path: str) -> bool:
-  return "://" in path
+from jpeglm.runtime.files import filesystem, is_url
 
 
 def _filesystem(path: str):
-  try:
-    return fsspec.core.url_to_fs(path)
-  except (ImportError, ValueError) as e:  # unknown protocol, or its package missing (gcsfs)
-    raise JpeglmError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+  return filesystem(path, "read")
 
 
 def glob_files(pattern: str) -> list[str]:

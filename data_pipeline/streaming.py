@@ -219,19 +219,29 @@ class StreamDataset(grain.IterDataset):
     self._seed, self._shuffle, self._repeat = seed, shuffle, repeat
     self._shuffle_buffer, self._cycle_length = shuffle_buffer, cycle_length
 
-  def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
-    """Grain workers: each reads its own files of this data shard, or, with fewer files than
-    workers, every worker reads them all and keeps every k-th item."""
-    del sequential_slice  # files are split round-robin either way
-    workers, index = sl.step or 1, sl.start or 0
-    if len(self._files) < workers:
+  @property
+  def files(self) -> list[str]:
+    return list(self._files)
+
+  def share(self, readers: int, index: int, who: str = "data workers") -> None:
+    """Keeps reader `index`'s share of `readers`: its files, round-robin, or, with fewer
+    files than readers, all of them and every `readers`-th item of each. Data shards
+    (processes) and then Grain workers share the same way."""
+    if readers <= 1:
+      return
+    if len(self._files) < readers:
       if index == 0:
-        log.warning("%d file(s) for %d data workers: each worker reads them all and keeps every "
-                    "%d-th item (slower; more files than workers avoid it)",
-                    len(self._files), workers, workers)
-      self._filter = self._filter.then_stride(workers, index)
+        log.warning("%d file(s) for %d %s: each reads them all and keeps every %d-th item "
+                    "(slower; more files than readers avoid it)",
+                    len(self._files), readers, who, readers)
+      self._filter = self._filter.then_stride(readers, index)
     else:
-      self._files = self._files[sl]
+      self._files = self._files[index::readers]
+
+  def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+    """Grain workers: each takes its share of this data shard (`share`)."""
+    del sequential_slice  # files are split round-robin either way
+    self.share(sl.step or 1, sl.start or 0)
 
   def __iter__(self) -> _StreamIterator:
     return _StreamIterator(self._files, self._reader, self._seed, self._shuffle,

@@ -20,12 +20,16 @@ def codec_streams(config: ml_collections.ConfigDict, num_files: int, num_workers
                   ) -> tuple[list[bytes], list[str]]:
   """Codec bytes of up to `num_files` training items (a shuffled sample), and the errors of
   the items that could not be encoded."""
-  # One pass over a plain source: a small folder gives each file once, not num_files copies.
-  # Augmented built-in media give a new crop on every pass.
-  augmented = pipeline.split_source(config, "train")[0].augment
+  # One pass over a plain source: a small stream gives each item once, not num_files copies.
+  # Augmented built-in media give a new crop on every pass (opened again to repeat: they are
+  # a few dozen files).
   documents = pipeline.encoded_documents(
       config, None, split="train", process_index=0, process_count=1, shuffle=True,
-      repeat=augmented, seed=config.seed)
+      repeat=False, seed=config.seed)
+  if documents.source.augment:
+    documents = pipeline.encoded_documents(
+        config, None, split="train", process_index=0, process_count=1, shuffle=True,
+        repeat=True, seed=config.seed)
   if documents.source.item_kind not in ("file", "tfds_record", "stream"):
     raise JpeglmError(f"{documents.source.spec} holds tokens already; use the tokenizer.model "
                       "written next to its shards")

@@ -64,12 +64,13 @@ def _parse(define, argv: Sequence[str]) -> ml_collections.ConfigDict:
   return fv.config
 
 
-# Settings with a fixed set of values, checked on load (the model checks its own: ModelConfig).
-CHOICES = {
-    ("data", "packing"): ("concat", "document"),
-    ("data", "augment"): ("auto", "none", "crop", "affine"),
-    ("train", "on_nonfinite"): ("stop", "skip"),
-}
+def _choices() -> dict[tuple[str, str], tuple[str, ...]]:
+  """Settings with a fixed set of values, from the modules that own them (the model checks
+  its own: ModelConfig)."""
+  from data_pipeline import augment, packing
+  return {("data", "packing"): packing.PACKINGS,
+          ("data", "augment"): ("auto", "none", *augment.KINDS),
+          ("train", "on_nonfinite"): ("stop", "skip")}
 
 
 def _fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict
@@ -87,7 +88,7 @@ def settle(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   codec = config.get("codec", {}).get("name", "jpeg")
   with config.unlocked():  # files' configs come locked: new keys are the defaults' only
     _fill_missing(config, default_config(f"codec={codec}" if codec in ("jpeg", "avc") else ""))
-  for (section, key), allowed in CHOICES.items():
+  for (section, key), allowed in _choices().items():
     value = config[section][key]
     if value not in allowed:
       raise ConfigError(f"{section}.{key}={value!r}: choose one of {', '.join(allowed)}")
@@ -118,7 +119,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
   """Returns a copy of `config` with overrides applied (for configs read from a workdir)."""
   _check_override_keys(config, overrides)
   if not overrides:
-    return settle(config)
+    return config  # settled when it was loaded or read
   return settle(_parse(
       lambda fv, argv: config_flags.DEFINE_config_dict(
           "config", ml_collections.ConfigDict(config.to_dict()), flag_values=fv, sys_argv=argv),
@@ -131,15 +132,10 @@ def default_config(arg: str = "") -> ml_collections.ConfigDict:
   return jpeglm_config.get_config(arg or None)
 
 
-def write_file_atomically(path: str, data: bytes) -> None:
-  """Writes `path` (local or a URL) whole: other processes reading it (every process of a
-  multi-process run reads what process 0 writes) see the old file or the new one."""
-  from jpeglm.runtime import files
-  files.write_bytes(path, data)
-
-
 def save_config(config: ml_collections.ConfigDict, path: str) -> None:
-  write_file_atomically(path, (config.to_json(indent=2, sort_keys=True) + "\n").encode())
+  from jpeglm.runtime import files
+  # Written whole: the other processes of a run read what process 0 writes.
+  files.write_bytes(path, (config.to_json(indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json_file(path: str, kind: type = dict):

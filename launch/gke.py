@@ -22,6 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from launch import gke_manifest  # noqa: E402
+from launch.cluster import positive  # noqa: E402
 from launch.runner import LaunchError, Runner  # noqa: E402
 
 ACTIONS = ("up", "status", "logs", "down")
@@ -96,12 +97,6 @@ def up(args: argparse.Namespace, overrides: list[str]) -> None:
   again = f"launch/gke.sh --name {args.name}" + (
       f" --namespace {args.namespace}" if args.namespace else "")
   run.note(f"follow it: {again} --action status | --action logs; stop it: --action down")
-
-
-def positive(text: str) -> int:
-  if not text.isdigit() or int(text) < 1:
-    raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-  return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:

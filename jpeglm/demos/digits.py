@@ -139,7 +139,6 @@ def fit_steps(seconds_left: float, steps_per_second: float, warmup_end: int,
 
 
 def train(out: str, config, train_seconds: float = TRAIN_SECONDS) -> dict:
-  from jpeglm.training.metrics_log import read_metrics
   from jpeglm.train import train_and_evaluate
 
   workdir = os.path.join(out, "run")
@@ -177,10 +176,7 @@ def train(out: str, config, train_seconds: float = TRAIN_SECONDS) -> dict:
   train_and_evaluate(config, workdir)
   plot_losses(workdir, os.path.join(out, "loss_curve.png"),
               f"JPEG-LM on MNIST digits ({describe(config)})")
-  rows = read_metrics(workdir)
-  evals = [r for r in rows if "eval_bits_per_byte" in r]
-  return {"first_eval": evals[0] if evals else {}, "last_eval": evals[-1] if evals else {},
-          "steps": config.train.steps}
+  return trained_run(out)
 
 
 def trained_run(out: str) -> dict:

@@ -31,18 +31,20 @@ def join(base: str, *parts: str) -> str:
   return os.path.join(base, *parts)
 
 
-def _fs(path: str):
+def filesystem(path: str, doing: str = "use"):
+  """(fsspec filesystem, path inside it); a one-line error for an unknown protocol or a
+  missing package (gcs:// needs gcsfs, the `gcs` extra)."""
   try:
     return fsspec.core.url_to_fs(path)
-  except (ImportError, ValueError) as e:  # unknown protocol, or its package (gcsfs) missing
-    raise JpeglmError(f"cannot use {path}: {str(e).splitlines()[0]}") from None
+  except (ImportError, ValueError) as e:
+    raise JpeglmError(f"cannot {doing} {path}: {str(e).splitlines()[0]}") from None
 
 
 def exists(path: str) -> bool:
   path = os.fspath(path)
   if not is_url(path):
     return os.path.exists(path)
-  fs, inner = _fs(path)
+  fs, inner = filesystem(path)
   return fs.exists(inner)
 
 
@@ -57,7 +59,7 @@ def read_bytes(path: str) -> bytes:
   if not is_url(path):
     with open(path, "rb") as f:
       return f.read()
-  fs, inner = _fs(path)
+  fs, inner = filesystem(path)
   with fs.open(inner, "rb") as f:
     return f.read()
 
@@ -66,7 +68,7 @@ def write_bytes(path: str, data: bytes) -> None:
   """Writes `path` whole: readers see the old content or the new, never half of it."""
   path = os.fspath(path)
   if is_url(path):
-    fs, inner = _fs(path)
+    fs, inner = filesystem(path)
     with fs.open(inner, "wb") as f:
       f.write(data)
     return
@@ -103,22 +105,32 @@ class Mirror:
     self.local = tempfile.mkdtemp(prefix="jpeglm-mirror-") if self.remote else target
     os.makedirs(self.local, exist_ok=True)
     self._synced = time.monotonic()
+    self._uploaded: dict[str, tuple[int, int]] = {}  # local path -> (size, mtime) copied up
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.local, *parts)
 
-  def sync(self, force: bool = False) -> None:
-    if not self.remote or (not force and time.monotonic() - self._synced < self.every_seconds):
+  def due(self) -> bool:
+    """A remote mirror whose last copy is older than `every_seconds`."""
+    return self.remote and time.monotonic() - self._synced >= self.every_seconds
+
+  def sync(self) -> None:
+    """Copies up the files that changed since the last copy (a remote mirror only)."""
+    if not self.remote:
       return
     self._synced = time.monotonic()
-    for root, _, files in os.walk(self.local):
-      for name in files:
+    for root, _, names in os.walk(self.local):
+      for name in names:
         local = os.path.join(root, name)
+        stat = os.stat(local)
+        if self._uploaded.get(local) == (stat.st_size, stat.st_mtime_ns):
+          continue
         relative = os.path.relpath(local, self.local).split(os.sep)
         with open(local, "rb") as f:
           write_bytes(join(self.target, *relative), f.read())
+        self._uploaded[local] = (stat.st_size, stat.st_mtime_ns)
 
   def close(self) -> None:
-    self.sync(force=True)
+    self.sync()
     if self.remote:
       shutil.rmtree(self.local, ignore_errors=True)

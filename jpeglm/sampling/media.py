@@ -32,6 +32,9 @@ def video_prompt(codec: AvcCodec, tokenizer: ByteTokenizer, path: str, frames: i
   return [tokenizer.bos_id, *tokenizer.encode(codec.prefix(stream, frames))], stream
 
 
+NOT_BYTES = "a generated token stands for no bytes (UNK or BOS)"
+
+
 def sampled_bytes(tokenizer: ByteTokenizer, prompt: list[int], generated: list[int]
                   ) -> tuple[bytes, bool]:
   """The bytes of prompt + generated tokens up to the first generated token that stands for
@@ -57,7 +60,7 @@ def to_picture(codec: JpegCodec, tokenizer: ByteTokenizer, prompt: list[int],
   data, only_bytes = sampled_bytes(tokenizer, prompt, generated)
   image, complete, reason = decode_image(codec, data)
   if not only_bytes:
-    reason = "a generated token stands for no bytes (UNK or BOS)"
+    reason = NOT_BYTES
   return Picture(data, image, bool(complete) and only_bytes, "" if complete and only_bytes
                  else reason)
 

@@ -122,7 +122,7 @@ def sample_videos(run: LoadedRun, codec: AvcCodec, out: str, prompts: list[str],
         f.write(data)
       decoded, complete, reason = media.decode_video(codec, data)
       if not only_bytes:
-        complete, reason = False, "a generated token stands for no bytes (UNK or BOS)"
+        complete, reason = False, media.NOT_BYTES
       if decoded:
         pictures = [Image.fromarray(f) for f in decoded]
         pictures[0].save(os.path.join(out, f"sample_{i:03d}.gif"), save_all=True,

@@ -40,7 +40,7 @@ class MetricsLog:
     for key, value in clean.items():
       if isinstance(value, (int, float)) and math.isfinite(value):
         self._tb.add_scalar(key, value, int(step))
-    if self._mirror.remote:
+    if self._mirror.due():  # a gs:// workdir: copied up every SYNC_SECONDS, not every line
       self._tb.flush()
       self._mirror.sync()
 

@@ -12,7 +12,7 @@ import tempfile
 
 import ml_collections
 
-from jpeglm.config_io import read_config, save_config, write_file_atomically
+from jpeglm.config_io import read_config, save_config
 from jpeglm.errors import ConfigError, JpeglmError
 from jpeglm.runtime import files
 from jpeglm.tokenizer import ByteTokenizer
@@ -52,7 +52,7 @@ def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str, is_main: 
                         "another --workdir")
     if is_main and not files.exists(target):
       # The others may be comparing it already: written whole.
-      write_file_atomically(target, files.read_bytes(given))
+      files.write_bytes(target, files.read_bytes(given))
   else:
     if is_main and not files.exists(target):
       from data_pipeline.tokenizer_training import train_tokenizer_from_source
@@ -61,7 +61,7 @@ def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str, is_main: 
       train_tokenizer_from_source(config, local, config.data.num_workers)
       if local != target:
         with open(local, "rb") as f:
-          write_file_atomically(target, f.read())
+          files.write_bytes(target, f.read())
     wait_for_main("tokenizer")
     tokenizer = ByteTokenizer.load(files.local_copy(target))
   if tokenizer.vocab_size != config.model.vocab_size:
