@@ -60,11 +60,14 @@ def media_column(schema: pa.Schema, column: str, kind: str, path: str) -> str:
 
 
 def _row_item(value, path: str, row: int) -> dict:
+  # The name is the file and row alone, readable or not: the eval split hashes it, and
+  # `names` gives it from the footer.
   name = f"{path}#{row}"
   if isinstance(value, dict):
-    if value.get("path"):
-      name = f"{path}#{row}:{value['path']}"
+    inner = f" ({value['path']})" if value.get("path") else ""
     value = value.get("bytes")
+    if not value:
+      return {"name": name, "error": f"{name}{inner}: no media bytes in this row"}
   if not value:
     return {"name": name, "error": f"{name}: no media bytes in this row"}
   return {"name": name, "data": bytes(value)}
@@ -112,3 +115,10 @@ class ParquetReader:
           else:
             yield _row_item(value, path, first_row + row)
         first_row += rows
+
+  def names(self, path: str) -> list[str]:
+    """Item names in order, from the footer alone (no media is read): for counting a
+    split's items (`streaming.split_counts`)."""
+    with remote_files.open_file(path) as f:
+      rows = pq.ParquetFile(f).metadata.num_rows
+    return [f"{path}#{row}" for row in range(rows)]

@@ -130,6 +130,35 @@ def _stream_filter(config: ml_collections.ConfigDict, source: sources.Source, sp
                               seed=int(config.seed), name_root=root[:root.rfind("/") + 1])
 
 
+# Streams of more files than this are not counted at start-up (`jpeglm prepare` counts them).
+MAX_FILES_TO_COUNT = 256
+
+
+def describe_splits(config: ml_collections.ConfigDict) -> str:
+  """One line: how many items each split holds, and how the eval split was chosen."""
+  train, train_items = split_source(config, "train")
+  eval_source, eval_items = split_source(config, "eval")
+  if train.item_kind != sources.STREAM:
+    how = ("data.eval_source" if config.data.eval_source
+           else f"data.eval_fraction={config.data.eval_fraction} of the items")
+    return f"data: {len(train_items)} train items, {len(eval_items)} eval items ({how})"
+  files = len(train.items) + (len(eval_source.items) if config.data.eval_source else 0)
+  if files > MAX_FILES_TO_COUNT:
+    return (f"data: {files} stream files, items not counted at start-up (jpeglm prepare "
+            "counts them)")
+  if config.data.eval_source:
+    counts = {"train": sum(len(train.reader.names(f)) for f in train.items),
+              "eval": sum(len(eval_source.reader.names(f)) for f in eval_source.items)}
+    how = f"data.eval_source={config.data.eval_source}"
+  else:
+    counts = streaming.split_counts(train.items, train.reader,
+                                    _stream_filter(config, train, "eval"))
+    how = (f"held out by a seeded hash of each item's name, data.eval_fraction="
+           f"{config.data.eval_fraction}")
+  return (f"data: {counts['train']} train items, {counts['eval']} eval items in "
+          f"{len(train.items)} file(s) of {train.spec} ({how})")
+
+
 def encoded_documents(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer | None, *,
                       split: str, process_index: int, process_count: int, shuffle: bool,
                       repeat: bool, seed: int) -> Documents:

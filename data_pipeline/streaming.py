@@ -62,10 +62,12 @@ class ItemFilter:
       return False
     if self.eval_fraction <= 0:
       return True
-    name = str(item.get("name", ""))
-    if self.name_root and name.startswith(self.name_root):
-      name = name[len(self.name_root):]
+    name = _relative(str(item.get("name", "")), self.name_root)
     return (is_held_out(name, self.eval_fraction, self.seed)) == (self.split == "eval")
+
+
+def _relative(name: str, root: str) -> str:
+  return name[len(root):] if root and name.startswith(root) else name
 
 
 def is_held_out(name: str, eval_fraction: float, seed: int) -> bool:
@@ -268,6 +270,19 @@ def open_files(spec: str, kind: str) -> tuple[list[str], Reader]:
   if not files:
     raise JpeglmError(f"no files match {pattern!r} ({spec})")
   return files, reader
+
+
+def split_counts(files: list[str], reader: Reader, item_filter: ItemFilter
+                 ) -> dict[str, int]:
+  """Items per split of a held-out-by-name stream ({"train": n, "eval": m}), counted from
+  the files' names alone (`reader.names`: tar headers, parquet footers), not their media."""
+  counts = {"train": 0, "eval": 0}
+  for path in files:
+    for name in reader.names(path):
+      held_out = item_filter.eval_fraction > 0 and is_held_out(
+          _relative(name, item_filter.name_root), item_filter.eval_fraction, item_filter.seed)
+      counts["eval" if held_out else "train"] += 1
+  return counts
 
 
 def sample_items(spec: str, kind: str, count: int, seed: int) -> list[dict]:

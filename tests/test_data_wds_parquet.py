@@ -158,7 +158,8 @@ def test_parquet_reader_reads_the_hf_image_struct_and_skips_bad_rows(parquet_dir
   reader = parquet_source.ParquetReader("", "image")
   first, second = list(reader(paths[0])), list(reader(paths[1]))
   assert len(first) == len(second) == 6  # one item per row, readable or not
-  assert "no media bytes" in first[1]["error"] and first[1]["name"].endswith("missing.jpg")
+  assert first[1]["error"].endswith("#1 (missing.jpg): no media bytes in this row")
+  assert [i["name"] for i in first] == reader.names(paths[0])  # file#row: what splits hash
   assert first[4]["data"] == b"garbage"  # bytes are read; the encoder rejects them later
   assert [("error" in i) for i in second] == [False, False, True, True, False, False]
   assert "unreadable row group 1" in second[2]["error"]
@@ -239,6 +240,22 @@ def test_eval_split_holds_out_items_by_name_the_same_under_any_sharding(wds_dir,
   two = [d["source"] for i in range(2) for d in stream_documents(config, tokenizer, i, 2,
                                                                  split="eval")]
   assert sorted(two) == sorted(held)
+
+
+@pytest.mark.parametrize("kind", ["wds", "parquet"])
+def test_split_counts_from_names_alone_match_the_items_each_split_reads(kind, wds_dir,
+                                                                        parquet_dir, tokenizer):
+  source = f"wds:{wds_dir}/*.tar" if kind == "wds" else f"parquet:{parquet_dir}/*.parquet"
+  config = tiny_config(source, eval_fraction=0.3)
+  read = {split: len(stream_documents(config, tokenizer, split=split))
+          for split in ("train", "eval")}
+  assert read["eval"] > 0
+  line = pipeline.describe_splits(config)
+  assert line.startswith(f"data: {read['train']} train items, {read['eval']} eval items in "
+                         f"{2 + (kind == 'wds')} file(s) of {source} (held out by a seeded hash")
+  config.data.eval_source = source
+  assert pipeline.describe_splits(config).startswith(
+      f"data: {sum(read.values())} train items, {sum(read.values())} eval items")
 
 
 def test_one_file_feeds_more_readers_than_it_has_files(parquet_dir, tokenizer, tmp_path):
@@ -399,7 +416,7 @@ def test_video_tar_and_parquet_give_h264_documents(video_shards, tmp_path):
   assert "000001.mp4" in tar_documents[1]["error"]
   assert "000003.mp4: unreadable tar shard" in tar_documents[3]["error"]
   assert [("tokens" in d) for d in parquet_documents] == [True, False, True]
-  assert "empty.mp4: no media bytes" in parquet_documents[1]["error"]
+  assert "(empty.mp4): no media bytes" in parquet_documents[1]["error"]
   # The same clip gives the same stream whichever container carried it.
   np.testing.assert_array_equal(tar_documents[0]["tokens"], parquet_documents[2]["tokens"])
   for document in tar_documents[:1] + parquet_documents[:1]:

@@ -188,6 +188,7 @@ def _set_up(config, workdir: str, is_main: bool) -> _Setup:
           f"in {workdir}: {sum(x.size for x in jax.tree.leaves(state['params'])):,} parameters, "
           f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es); attention "
           f"{model_cfg.attention_kernel}, remat {model_cfg.remat}, {model_cfg.dtype}")
+    print(pipeline.describe_splits(config), flush=True)
   return _Setup(mesh, tokenizer, checkpointer, built, state, start_step, batches)
 
 
