@@ -41,7 +41,7 @@ class SplitSummary:
   errors: list[str] = dataclasses.field(default_factory=list)
 
   def line(self) -> str:
-    return (f"{self.split}: {self.files} files -> {self.documents} documents, {self.tokens:,} "
+    return (f"{self.split}: {self.files} items -> {self.documents} documents, {self.tokens:,} "
             f"tokens, {self.shards} shards; {self.skipped} skipped")
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
+import time
 
 import grain
 from absl import flags
@@ -22,7 +25,28 @@ def with_workers(dataset: grain.IterDataset, num_workers: int,
     return dataset
   _ensure_absl_flags_parsed()
   return dataset.mp_prefetch(grain.MultiprocessingOptions(
-      num_workers=num_workers, per_worker_buffer_size=buffer_per_worker))
+      num_workers=num_workers, per_worker_buffer_size=buffer_per_worker),
+      worker_init_fn=exit_with_parent)
+
+
+PARENT_POLL_SECONDS = 0.5
+
+
+def exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """Grain worker start-up: the worker ends when the process that started it dies.
+
+  A trainer killed with SIGKILL (the OOM killer, `kill -9`) cannot stop its workers, and
+  Grain's would live on, holding the run's stdout open and its CPUs busy, until someone kills
+  them. When the parent dies, the worker is re-parented: a getppid() that changes says so."""
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)  # no clean-up to run: the parent that would read the results is gone
+
+  threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 @contextlib.contextmanager

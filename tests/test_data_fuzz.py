@@ -155,7 +155,7 @@ def test_fuzzed_media_through_prepare_and_the_train_iterator(tmp_path, kind):
   result = _run([sys.executable, "-m", "jpeglm", "prepare", "--config", f"{CONFIG},codec={codec}",
                  "--out", str(out), "--workers", "1",
                  *fuzz_pipeline.folder_overrides(str(folder), codec, tokenizer_path)], where)
-  line = re.search(r"^train: (\d+) files -> (\d+) documents, .*; (\d+) skipped$", result.stdout,
+  line = re.search(r"^train: (\d+) items -> (\d+) documents, .*; (\d+) skipped$", result.stdout,
                    re.M)
   assert line, (where, result.stdout[-2000:])
   files, documents, skipped = map(int, line.groups())

@@ -210,3 +210,46 @@ def test_read_options_default_to_the_cores_and_64_documents_and_refuse_negatives
   data.read_threads = -1
   with pytest.raises(JpeglmError, match="data.read_threads=-1"):
     pipeline.read_options(data)
+
+
+_KILLED_PARENT = """
+import os, signal, grain
+from data_pipeline import workers
+dataset = workers.with_workers(
+    grain.MapDataset.range(1000).map(lambda _: os.getpid()).to_iter_dataset(), 2)
+pids = set()
+iterator = iter(dataset)
+while len(pids) < 2:
+  pids.add(next(iterator))
+print(*sorted(pids), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_data_workers_end_when_their_trainer_is_killed_with_sigkill():
+  """Orphaned Grain workers would keep the killed run's pipes open and its CPUs busy."""
+  import os
+  import subprocess
+  import sys
+  import time
+
+  from tests.train_helpers import REPO
+
+  result = subprocess.run([sys.executable, "-c", _KILLED_PARENT], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # returns: pipes close
+  assert result.returncode == -9, result.stderr[-2000:]
+  pids = [int(p) for p in result.stdout.split()]
+  assert len(pids) == 2
+
+  def alive(pid):
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has ended
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+  deadline = time.time() + 20
+  while any(alive(p) for p in pids) and time.time() < deadline:
+    time.sleep(0.2)
+  assert not any(alive(p) for p in pids)
