@@ -1,0 +1,324 @@
+"""Which bytes may come next in an AVC-LM stream: the grammar behind H.264 syntax-safe sampling.
+
+A byte-level automaton for the streams `AvcCodec` makes (baseline profile, CAVLC, one macroblock
+per slice): the parameter sets, verbatim (they depend only on the codec settings), then for each
+of `codec.num_frames` pictures one slice NAL unit per macroblock in raster order, each
+`00 00 01` or `00 00 00 01` + nal_unit_header + slice RBSP (`h264_syntax`) with emulation
+prevention (inside a NAL unit 00 00 is always followed by 03 or a byte above 03, and 00 00 03 by
+a byte up to 03). A picture may start with a repeat of SPS + PPS, as x264 writes before IDR
+pictures; the first picture is an IDR picture. The stream is complete right after the last
+macroblock of the last picture.
+
+Token masks: inside a slice, which pieces stay inside it and which end it depends only on the
+parser position (not on which macroblock this is), so that part is memoised per position and
+the pieces that run past the slice's end are finished from the following start code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from jpeglm.codecs import h264_bitstream as h264
+from jpeglm.codecs import h264_params
+from jpeglm.codecs import h264_slice_header as sh
+from jpeglm.codecs.avc import AvcCodec
+from jpeglm.codecs.errors import CodecError
+from jpeglm.codecs.h264_syntax import SliceSyntax
+
+VERBATIM, START_CODE, NAL_HEADER, SLICE, DONE = range(5)
+_DONE = (DONE,)
+_IDR_HEADERS = (0x25, 0x45, 0x65)  # nal_ref_idc 1..3, nal_unit_type 5
+_NON_IDR_HEADERS = (0x21, 0x41, 0x61)  # nal_ref_idc 1..3, nal_unit_type 1
+MAX_MASKS = 100_000
+MANY_BYTES = 24  # trie children above which all 256 bytes are read at once
+
+
+class _PieceTrie:
+  """The tokenizer's pieces as a byte trie: `children[node]` {byte: node}, `ends[node]` the
+  piece ids that end there, `below[node]` the ids in the node's subtree (node included)."""
+
+  def __init__(self, pieces: Sequence[bytes]):
+    self.children: list[dict] = [{}]
+    self.ends: list[list] = [[]]
+    for i, piece in enumerate(pieces):
+      if not piece:
+        continue
+      node = 0
+      for byte in piece:
+        nxt = self.children[node].get(byte)
+        if nxt is None:
+          nxt = self.children[node][byte] = len(self.children)
+          self.children.append({})
+          self.ends.append([])
+        node = nxt
+      self.ends[node].append(i)
+    # the root's children as arrays: single-byte pieces, and bytes that longer pieces start with
+    self.single_bytes = np.array([b for b, c in self.children[0].items() for _ in self.ends[c]],
+                                 dtype=np.int64)
+    self.single_ids = np.array([i for c in self.children[0].values() for i in self.ends[c]],
+                               dtype=np.int64)
+    self.longer = [(b, c) for b, c in self.children[0].items() if self.children[c]]
+    self.below: list = [None] * len(self.children)
+    for node in range(len(self.children) - 1, -1, -1):  # children have larger ids
+      ids = list(self.ends[node])
+      for child in self.children[node].values():
+        ids.extend(self.below[child])
+      self.below[node] = np.array(ids, dtype=np.int64)
+
+
+class AvcGrammar:
+  """Valid continuations of H.264 streams made by `codec`."""
+
+  def __init__(self, codec: AvcCodec):
+    if codec.slice_max_mbs != 1:
+      raise CodecError("syntax-safe H.264 sampling needs one macroblock per slice "
+                       "(slice_max_mbs=1)")
+    # Any picture gives the parameter sets: they depend only on the codec settings.
+    stream = codec.encode_frames([Image.new("RGB", (codec.width, codec.height))])
+    nals = h264.split_nals(stream)
+    kinds = [n.kind(stream) for n in nals]
+    if h264.NAL_SPS not in kinds or h264.NAL_PPS not in kinds or h264.NAL_IDR not in kinds:
+      raise CodecError("the codec's stream lacks SPS, PPS or an IDR slice")
+    sps, pps = nals[kinds.index(h264.NAL_SPS)], nals[kinds.index(h264.NAL_PPS)]
+    self.ps = h264_params.parse(stream[sps.payload_start:sps.end],
+                                stream[pps.payload_start:pps.end])
+    self.ps.check_supported()
+    if self.ps.mbs_per_frame != codec.mbs_per_frame:
+      raise CodecError("the SPS picture size differs from the codec's")
+    self.header_bytes = stream[:nals[kinds.index(h264.NAL_IDR)].start]
+    self.repeated_ps = stream[sps.start:pps.end]  # x264 repeats SPS + PPS before IDR pictures
+    self._repeat_from = sps.payload_start - sps.start + 1  # just after the SPS header byte
+    self.num_frames = codec.num_frames
+    self.mbs_per_frame = self.ps.mbs_per_frame
+    self.syntax = SliceSyntax(self.ps)
+    self._escapable: dict = {}
+    self._root_arrays: dict = {}
+    self._trie, self._trie_of = None, None
+    self._masks: dict = {}
+    self._local: dict = {}
+
+  # A state is one of
+  #   (VERBATIM, which, offset, G): inside the parameter sets (0: stream start, 1: a repeat)
+  #   (START_CODE, zeros, G, may_repeat_ps)
+  #   (NAL_HEADER, G, may_repeat_ps)
+  #   (SLICE, G, position, zeros, after_escape): position in the slice RBSP (h264_syntax)
+  #   (DONE,)
+  # G = (frame, mb, picture, dpb): picture = (nal header byte, first slice_type, idr_pic_id)
+  # once known; dpb = (reference frames held, frame_num of the last, idr_pic_id of the last
+  # picture if it was an IDR picture else -1).
+  def start(self) -> tuple:
+    return (VERBATIM, 0, 0, (0, 0, None, (0, 0, -1)))
+
+  def is_complete(self, state) -> bool:
+    return state is not None and state[0] == DONE
+
+  def advance(self, state, data: bytes):
+    """The state after `data`, or None if `data` cannot continue a valid stream."""
+    for byte in data:
+      if state is None:
+        return None
+      state = self._step(state, byte)
+    return state
+
+  # ---- the automaton ----------------------------------------------------------------------
+
+  def _step(self, state, byte: int):
+    mode = state[0]
+    if mode == SLICE:
+      _, g, position, zeros, escaped = state
+      result = self._slice_byte(position, zeros, escaped, byte)
+      if result is None:
+        return None
+      position, zeros, escaped, info, ended = result
+      if info is not None and g[1] == 0:
+        g = (g[0], 0, (g[2][0], *info), g[3])
+      if ended:
+        return self._after_slice(g)
+      return (SLICE, g, position, zeros, escaped)
+    if mode == START_CODE:
+      _, zeros, g, may_repeat = state
+      if byte == 0:
+        return (START_CODE, zeros + 1, g, may_repeat) if zeros < 3 else None
+      if byte == 1 and zeros >= 2:
+        return (NAL_HEADER, g, may_repeat)
+      return None
+    if mode == NAL_HEADER:
+      return self._nal_header(state[1], state[2], byte)
+    if mode == VERBATIM:
+      _, which, offset, g = state
+      expected = self.header_bytes if which == 0 else self.repeated_ps
+      if byte != expected[offset]:
+        return None
+      if offset + 1 < len(expected):
+        return (VERBATIM, which, offset + 1, g)
+      return (START_CODE, 0, g, False)
+    return None  # nothing follows the last macroblock
+
+  def _slice_byte(self, position, zeros: int, escaped: bool, byte: int, table=None):
+    """Emulation prevention, then the RBSP parser: (position, zeros, escaped, info, ended).
+    `table`: the parser's `byte_table(position)` where already at hand."""
+    if escaped:
+      if byte > 3:
+        return None  # 00 00 03 is followed by 00..03
+    elif zeros == 2:
+      if byte == 3:  # emulation_prevention_three_byte: only if some RBSP byte 00..03 fits
+        return (position, 0, True, None, False) if self._escapable_at(position) else None
+      if byte < 3:
+        return None
+    result = self.syntax.step(position, byte) if table is None else table[byte]
+    if result is None:
+      return None
+    position, info, ended = result
+    return (position, zeros + 1 if byte == 0 else 0, False, info, ended)
+
+  def _nal_header(self, g, may_repeat: bool, byte: int):
+    frame, mb, picture, dpb = g
+    if mb == 0:
+      if byte == self.repeated_ps[self._repeat_from - 1] and may_repeat and frame > 0:
+        return (VERBATIM, 1, self._repeat_from, g)
+      if byte not in _IDR_HEADERS and (frame == 0 or byte not in _NON_IDR_HEADERS):
+        return None
+      picture = (byte, None, -1)
+    elif byte != picture[0]:
+      return None  # every slice of a picture has the same nal_unit_type and nal_ref_idc
+    idr = byte & 0x1F == h264.NAL_IDR
+    refs, last_frame_num, last_idr_pic_id = dpb
+    ctx = sh.HeaderContext(
+        mb=mb, idr=idr, slice_types=sh.slice_types_allowed(idr, picture[1]),
+        frame_num=0 if idr else (last_frame_num + 1) % self.ps.max_frame_num,
+        idr_pic_id=picture[2], previous_idr_pic_id=last_idr_pic_id, refs=refs)
+    return (SLICE, (frame, mb, picture, dpb), self.syntax.start(ctx), 0, False)
+
+  def _after_slice(self, g):
+    frame, mb, picture, dpb = g
+    if mb + 1 < self.mbs_per_frame:
+      return (START_CODE, 0, (frame, mb + 1, picture, dpb), False)
+    if frame + 1 == self.num_frames:
+      return _DONE
+    refs, last_frame_num, _ = dpb
+    if picture[0] & 0x1F == h264.NAL_IDR:
+      dpb = (1, 0, picture[2])
+    else:  # sliding window over max_num_ref_frames
+      dpb = (min(refs + 1, self.ps.max_num_ref_frames),
+             (last_frame_num + 1) % self.ps.max_frame_num, -1)
+    return (START_CODE, 0, (frame + 1, 0, None, dpb), True)
+
+  # ---- token masks ------------------------------------------------------------------------
+
+  def allowed(self, state, pieces: Sequence[bytes]) -> np.ndarray:
+    """Mask over tokens: which pieces (the bytes of each token id) keep the stream valid.
+    Empty pieces (specials) are False; the caller decides about EOS at a complete state.
+    The mask may be shared between calls: read it, do not write to it."""
+    if pieces is not self._trie_of:
+      self._trie, self._trie_of = _PieceTrie(pieces), pieces
+      self._masks, self._local = {}, {}
+      self._size = len(pieces)
+    if state[0] == SLICE:
+      return self._slice_mask(state)
+    return self._mask_from(state, 0)
+
+  def _mask_from(self, state, node: int) -> np.ndarray:
+    """Pieces below trie `node` whose remaining bytes continue `state`, memoised."""
+    key = (state, node)
+    mask = self._masks.get(key)
+    if mask is None:
+      if len(self._masks) >= MAX_MASKS:
+        self._masks.clear()
+      trie = self._trie
+      mask = np.zeros(self._size, dtype=bool)
+      stack = [(node, state)]
+      while stack:
+        at, s = stack.pop()
+        for byte, child in trie.children[at].items():
+          nxt = self._step(s, byte)
+          if nxt is not None:
+            mask[trie.ends[child]] = True
+            stack.append((child, nxt))
+      self._masks[key] = mask
+    return mask
+
+  def _slice_mask(self, state) -> np.ndarray:
+    _, g, position, zeros, escaped = state
+    inside, leaving = self._local_outcome((position, zeros, escaped))
+    if not leaving:
+      return inside
+    mask = inside.copy()
+    for node, info in leaving:
+      after = g
+      if info is not None and g[1] == 0:
+        after = (g[0], 0, (g[2][0], *info), g[3])
+      rest = self._after_slice(after)
+      mask[self._trie.ends[node]] = True  # the piece ends with the slice
+      if self._trie.children[node]:
+        mask |= self._mask_from(rest, node)
+    return mask
+
+  def _local_outcome(self, key):
+    """(pieces that stay inside this slice, [(trie node, header info)] where a piece path
+    ends the slice) from a position in a slice; independent of the slice's place."""
+    outcome = self._local.get(key)
+    if outcome is None:
+      if len(self._local) >= MAX_MASKS:
+        self._local.clear()
+      trie = self._trie
+      inside = np.zeros(self._size, dtype=bool)
+      leaving = []
+      position, zeros, escaped = key
+      # First bytes, all at once: the parser's byte table, then emulation prevention.
+      table, valid, ends = self._first_bytes(position)
+      if escaped:
+        valid = valid & (np.arange(256) <= 3)
+      elif zeros == 2:
+        valid = valid & (np.arange(256) > 3)
+        valid[3] = self._escapable_at(position)
+      stay = valid & ~ends
+      inside[trie.single_ids[stay[trie.single_bytes]]] = True
+      for byte in np.flatnonzero(valid & ends):
+        leaving.append((trie.children[0][int(byte)], table[byte][1]))
+      stack, kept = [], []
+      for byte, child in trie.longer:
+        if stay[byte]:
+          nxt = self._slice_byte(position, zeros, escaped, byte, table)
+          stack.append((child, nxt[:3], nxt[3]))
+      while stack:
+        at, (position, zeros, escaped), info = stack.pop()
+        children = trie.children[at]
+        # many bytes to try: one pass over the bits of all bytes is cheaper than byte by byte
+        table = self.syntax.byte_table(position) if len(children) > MANY_BYTES else None
+        for byte, child in children.items():
+          result = self._slice_byte(position, zeros, escaped, byte, table)
+          if result is None:
+            continue
+          nxt_position, nxt_zeros, nxt_escaped, nxt_info, ended = result
+          nxt_info = nxt_info if nxt_info is not None else info
+          if ended:
+            leaving.append((child, nxt_info))
+            continue
+          kept.extend(trie.ends[child])
+          stack.append((child, (nxt_position, nxt_zeros, nxt_escaped), nxt_info))
+      inside[kept] = True
+      outcome = self._local[key] = (inside, leaving)
+    return outcome
+
+  def _first_bytes(self, position):
+    """(byte table, which bytes the RBSP parser takes, which of them end the slice)."""
+    arrays = self._root_arrays.get(position)
+    if arrays is None:
+      if len(self._root_arrays) >= MAX_MASKS:
+        self._root_arrays.clear()
+      table = self.syntax.byte_table(position)
+      valid = np.array([r is not None for r in table])
+      ends = np.array([r is not None and r[2] for r in table])
+      arrays = self._root_arrays[position] = (table, valid, ends)
+    return arrays
+
+  def _escapable_at(self, position) -> bool:
+    """Whether 00 00 03 may come here: some RBSP byte 00..03 must follow it."""
+    ok = self._escapable.get(position)
+    if ok is None:
+      table = self._first_bytes(position)[0]
+      ok = self._escapable[position] = any(r is not None for r in table[:4])
+    return ok
