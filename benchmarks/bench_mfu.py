@@ -83,6 +83,9 @@ def main() -> None:
   causal_half = per_token - 6.0 * config.model.n_layers * config.model.d_model * l
   peak = chips.peak_flops(jax.devices()[0].device_kind)
   tokens_per_s = b * l / seconds
+  # The flags belong with every figure (docs/results.md): XLA's are read once, from the env.
+  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; jax {jax.__version__}, "
+        f"{jax.devices()[0].platform}")
   print(f"{args.size} (d {config.model.d_model}, {config.model.n_layers} layers), L={l:,}, "
         f"batch {b}, {args.dtype}, attention {kernel.attention_kernel}, remat {args.remat}, "
         f"{devices} x {jax.devices()[0].device_kind}; loss {loss:.3f}")

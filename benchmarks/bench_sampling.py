@@ -21,6 +21,24 @@ ratios within a run.
 Syntax-safe sampling (`JpegGrammar`, a tokenizer trained on the built-in photos) runs on the
 same model and prompts; it stops a row at EOS once the image is complete. The grammar's host
 time per step is measured separately.
+
+`--continuous` instead compares fixed batches with continuous batching
+(`jpeglm.sampling.continuous`) at each batch size, on prompts whose rows end at different
+lengths, as sampled images do: each prompt's length is a built-in photo's token count, scaled
+to a mean of `--new-tokens`. A fixed batch runs to its longest row; continuous slots take the
+next prompt as a row ends. Tokens/s counts the tokens asked for only. It also prints the
+share of the memory bound (jpeglm.fit.decode_bound: weights + KV cache read per step, at the
+chip's HBM bandwidth: `--chip h100`, or the device's own) and the paper's protocol's hours
+at that speed. On this CPU it defaults to a small model and context:
+
+  .venv/bin/python benchmarks/bench_sampling.py --continuous
+  # on a GPU, the 1b shape at the paper's context, command buffers over the decode loop:
+  python benchmarks/bench_sampling.py --continuous --d-model 2048 --layers 22 --head-dim 128 \
+      --dtype bfloat16 --max-len 12288 --new-tokens 2550 --batches 8,32,128 \
+      --xla-command-buffer loops
+
+`--xla-command-buffer KINDS` sets XLA's `--xla_gpu_enable_command_buffer` (presets `loops`,
+`off`, or a list: jpeglm.runtime.xla_flags) before jax starts; CPUs ignore it.
 """
 
 from __future__ import annotations
@@ -33,6 +51,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jpeglm.runtime.xla_flags import use_command_buffer  # noqa: E402  (imports no jax)
+
+if "--xla-command-buffer" in sys.argv:  # XLA reads its flags once, when jax starts
+  use_command_buffer(sys.argv[sys.argv.index("--xla-command-buffer") + 1])
 if "--threads" not in sys.argv or sys.argv[sys.argv.index("--threads") + 1] == "1":
   # One thread per side by default (before jax is imported): on a shared CPU, PyTorch's
   # OpenMP with 2 threads ran generate() 100x slower than with 1 (threads waiting on
@@ -49,11 +71,16 @@ from data_pipeline.media_files import builtin_photos  # noqa: E402
 from jpeglm.codecs import JpegCodec, open_image  # noqa: E402
 from jpeglm.codecs.jpeg_grammar import JpegGrammar  # noqa: E402
 from jpeglm.export import hf_layout  # noqa: E402
+from jpeglm.fit import chips, decode_bound  # noqa: E402
 from jpeglm.model.transformer import ModelConfig, Transformer  # noqa: E402
+from jpeglm.sampling.continuous import ContinuousBatcher  # noqa: E402
 from jpeglm.sampling.generate import Generator, SamplingSettings  # noqa: E402
 from jpeglm.tokenizer import ByteTokenizer  # noqa: E402
 
-TOKENS_PER_IMAGE = 5_100  # mean of 256x256 q25 streams of the built-in photos, BOS/EOS included
+TOKENS_PER_IMAGE = decode_bound.TOKENS_PER_IMAGE
+# --continuous on this CPU unless given: a small model and context that run in a minute or two.
+CONTINUOUS_DEFAULTS = {"d_model": 128, "layers": 2, "max_len": 1024, "new_tokens": 256,
+                       "batches": "8,32,128"}
 
 
 class TimedGrammar:
@@ -82,11 +109,23 @@ def _timed(fn) -> tuple[float, object]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--d-model", type=int, default=256)
-  parser.add_argument("--layers", type=int, default=4)
-  parser.add_argument("--max-len", type=int, default=12_288)
-  parser.add_argument("--new-tokens", type=int, default=2_048)
-  parser.add_argument("--batches", default="1,8,32")
+  parser.add_argument("--d-model", type=int, default=None, help="default 256 (--continuous: 128)")
+  parser.add_argument("--layers", type=int, default=None, help="default 4 (--continuous: 2)")
+  parser.add_argument("--max-len", type=int, default=None,
+                      help="default 12,288 (--continuous: 1,024)")
+  parser.add_argument("--new-tokens", type=int, default=None,
+                      help="default 2,048 (--continuous: 256, the mean of the rows' lengths)")
+  parser.add_argument("--batches", default=None, help="default 1,8,32 (--continuous: 8,32,128)")
+  parser.add_argument("--continuous", action="store_true",
+                      help="fixed batches vs continuous batching, rows of different lengths")
+  parser.add_argument("--prompts-per-slot", type=int, default=3,
+                      help="--continuous: prompts = this x the batch")
+  parser.add_argument("--chip", default=None,
+                      help="--continuous: HBM bandwidth of this chip for the bound (h100, h200, "
+                           "v5p, ...); default: the device's own")
+  parser.add_argument("--xla-command-buffer", default=None, metavar="KINDS",
+                      help="XLA command buffers (GPU): loops, off, or kinds (read before jax "
+                           "starts, above)")
   parser.add_argument("--safe-batches", default="1,8,32")
   parser.add_argument("--prompt-ratio", type=float, default=0.0)
   parser.add_argument("--threads", type=int, default=1,
@@ -97,6 +136,12 @@ def main() -> None:
                       help="weights and compute on both sides (bfloat16 on a GPU)")
   parser.add_argument("--torch-device", default="cpu", help="cuda on a GPU machine")
   args = parser.parse_args()
+  defaults = (CONTINUOUS_DEFAULTS if args.continuous else
+              {"d_model": 256, "layers": 4, "max_len": 12_288, "new_tokens": 2_048,
+               "batches": "1,8,32"})
+  for name, value in defaults.items():
+    if getattr(args, name) is None:
+      setattr(args, name, value)
   n = args.new_tokens
 
   heads = args.d_model // args.head_dim
@@ -117,7 +162,11 @@ def main() -> None:
   print(f"model: d {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
         f"vocab {cfg.vocab_size}, max_len {cfg.max_len}; prompt {len(prompt)} tokens (BOS + "
         f"{args.prompt_ratio:.0%} of a 256x256 photo), {n} new tokens, {args.dtype}; jax "
-        f"{jax.__version__} on {jax.devices()[0].device_kind}")
+        f"{jax.__version__} on {jax.devices()[0].device_kind}; XLA_FLAGS="
+        f"{os.environ.get('XLA_FLAGS', '')!r}")
+  if args.continuous:
+    continuous_vs_fixed(args, params, cfg, streams, tokenizer, prompt)
+    return
 
   free_seconds = {}  # batch -> seconds of free sampling, measured once
   if not args.skip_pytorch:
@@ -190,6 +239,63 @@ def safe_vs_free(args, params, cfg, codec, tokenizer, prompt, free, free_seconds
           f"{grammar.seconds / steps * 1e3:16.2f} {complete:5d}/{batch}", flush=True)
   print("safe/free = cost of a syntax-safe token over a free one (goal: at most 1.5x). "
         "complete: rows whose image finished (EOS) and decodes completely.")
+
+def row_lengths(streams, tokenizer, mean: int, count: int, room: int, seed: int = 0) -> list[int]:
+  """`count` tokens-to-generate like sampled images': the built-in photos' token counts,
+  scaled to a mean of `mean`, drawn in a seeded order; at most `room`."""
+  counts = np.array([len(tokenizer.encode(s)) for s in streams], float)
+  drawn = np.random.default_rng(seed).choice(counts, count) * mean / counts.mean()
+  return [int(min(room, max(1, round(x)))) for x in drawn]
+
+
+def continuous_vs_fixed(args, params, cfg, streams, tokenizer, prompt) -> None:
+  free = Generator(params, cfg, eos_id=-1, max_len=cfg.max_len,
+                   settings=SamplingSettings(1.0, 50, 1.0))
+  device = jax.devices()[0].device_kind
+  bandwidth = chips.hbm_bandwidth(args.chip or device)
+  protocol = decode_bound.Protocol()
+  print(f"fixed batches vs continuous batching; rows of different lengths (mean {args.new_tokens}"
+        f" tokens, the photos' spread); {args.prompts_per_slot} prompts per slot. Bound: "
+        + (f"{bandwidth / 1e12:.2f} TB/s ({args.chip or device})" if bandwidth else
+           "no HBM bandwidth known for this device (give --chip)"))
+  print(f"{'batch':>5s} {'fixed tok/s':>12s} {'cont tok/s':>11s} {'speed-up':>9s} "
+        f"{'fixed steps':>12s} {'cont steps':>11s} {'bound share':>12s} {'protocol h':>11s} "
+        f"{'at bound h':>11s}")
+  for batch in [int(b) for b in args.batches.split(",") if b]:
+    count = batch * args.prompts_per_slot
+    lengths = row_lengths(streams, tokenizer, args.new_tokens, count, cfg.max_len - len(prompt))
+    prompts = [prompt] * count
+    # Fixed batches in order, each to its longest row; compiled beforehand, every cache size.
+    groups = [lengths[i:i + batch] for i in range(0, count, batch)]
+    for most in sorted({max(g) for g in groups}):
+      free.compile(batch, len(prompt), most)
+    began = time.perf_counter()
+    for i, group in enumerate(groups):
+      free.generate(prompts[:len(group)], seed=0, max_new_tokens=max(group),
+                    indices=range(i * batch, i * batch + len(group)))
+    fixed_s = time.perf_counter() - began
+    batcher = ContinuousBatcher(free, batch)
+    batcher.compile(len(prompt), max(lengths))
+    cont_s, out = _timed(lambda: batcher.generate(prompts, seed=0, max_new_tokens=lengths))
+    assert [len(g.tokens) for g in out] == lengths
+    tokens = sum(lengths)
+    fixed_rate, cont_rate = tokens / fixed_s, tokens / cont_s
+    # A step's mean context: the prompt plus, weighted by tokens, half a row's length.
+    context = len(prompt) + sum(l * l for l in lengths) / (2 * tokens)
+    share = (f"{decode_bound.bandwidth_share(cfg, batch, context, cont_rate, bandwidth):11.1%}"
+             if bandwidth else f"{'n/a':>11s}")
+    at_bound = (f"{protocol.floor_hours(cfg, batch, bandwidth):11.1f}" if bandwidth
+                else f"{'n/a':>11s}")
+    print(f"{batch:5d} {fixed_rate:12.1f} {cont_rate:11.1f} {fixed_s / cont_s:8.2f}x "
+          f"{sum(max(g) for g in groups):12d} {batcher.decode_steps:11d} {share} "
+          f"{protocol.hours(cont_rate):11.1f} {at_bound}", flush=True)
+  print(f"protocol h: the paper's protocol ({protocol.num_images:,} images x "
+        f"{len(protocol.ratios)} ratios x {protocol.seeds} seeds, "
+        f"{protocol.generated_tokens() / 1e6:.1f}M tokens generated) at the continuous rate "
+        "of this model and context; at bound h: at the memory floor for this model with the "
+        f"protocol's mean context ({protocol.mean_context():,.0f} slots). bound share: the "
+        "floor of a step at this run's mean context over the measured step.")
+
 
 if __name__ == "__main__":
   main()

@@ -145,4 +145,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sample.top_k = 50
   c.sample.top_p = 1.0
   c.sample.syntax_safe = False
+  # True: `sample` / `eval` run their prompts through --batch-size slots, a slot taking the next
+  # prompt as soon as its row ends (jpeglm.sampling.continuous); False: fixed batches, each
+  # waiting for its longest row. A prompt gets the same tokens either way.
+  c.sample.continuous = True
   return c

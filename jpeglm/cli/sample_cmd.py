@@ -17,11 +17,19 @@ def register(subparsers) -> None:
   parser.add_argument("--out", default=None, help="default: WORKDIR/samples")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   parser.add_argument("--seed", type=int, default=None)
-  parser.add_argument("--batch-size", type=int, default=8)
+  parser.add_argument("--batch-size", type=int, default=8,
+                      help="rows sampled at once: continuous-batching slots (sample.continuous)")
+  parser.add_argument("--xla-command-buffer", default=None, metavar="KINDS",
+                      help="GPU: what XLA records into command buffers (CUDA graphs): 'loops' "
+                           "(+WHILE,+CONDITIONAL: the decode loop too), 'off', or kinds such as "
+                           "FUSION,CUBLAS,WHILE (jpeglm.runtime.xla_flags); ignored on CPU/TPU")
   parser.set_defaults(func=_run, accepts_overrides=True)
 
 
 def _run(args, overrides) -> int:
+  from jpeglm.runtime.xla_flags import use_command_buffer
+
+  use_command_buffer(args.xla_command_buffer)  # before JAX starts its backend
   from jpeglm.config_io import apply_overrides, read_config
   from jpeglm.runtime import files
   from jpeglm.training.run_setup import CONFIG_FILE

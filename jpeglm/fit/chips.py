@@ -56,6 +56,12 @@ ALIASES = {"v5litepod": "v5e", "v6": "v6e", "v5": "v5p"}
 CHIPS = TPUS
 
 GPU_PEAK_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+# HBM bandwidth, bytes/s, from the vendors' data sheets: H100 SXM 3.35 TB/s (PCIe 2 TB/s),
+# H200 4.8 TB/s, A100 80GB SXM 2,039 GB/s. Decoding is bound by it (jpeglm.fit.decode_bound).
+GPU_HBM_BANDWIDTH = {"NVIDIA H100 PCIe": 2.0e12, "NVIDIA H100": 3.35e12, "NVIDIA H200": 4.8e12,
+                     "NVIDIA A100": 2.039e12}
+# Short names for the command line (`--chip h100`).
+GPU_SHORT_NAMES = {"h100": "NVIDIA H100", "h200": "NVIDIA H200", "a100": "NVIDIA A100"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,4 +91,20 @@ def peak_flops(device_kind: str) -> float | None:
   for name in sorted(peaks, key=len, reverse=True):  # "TPU v5 lite" before "TPU v5"
     if device_kind.startswith(name):
       return peaks[name]
+  return None
+
+
+def hbm_bandwidth(chip: str) -> float | None:
+  """HBM bytes/s of one device: `chip` is a `device_kind` ("NVIDIA H100 80GB HBM3"), a short
+  GPU name ("h100") or a TPU generation ("v5p"); None where unknown (CPUs)."""
+  chip = GPU_SHORT_NAMES.get(chip.lower(), chip)
+  gen = ALIASES.get(chip, chip)
+  if gen in TPUS:
+    return TPUS[gen].hbm_bandwidth
+  bandwidths = dict(GPU_HBM_BANDWIDTH)
+  for tpu in TPUS.values():
+    bandwidths.update({kind: tpu.hbm_bandwidth for kind in tpu.device_kinds})
+  for name in sorted(bandwidths, key=len, reverse=True):  # "NVIDIA H100 PCIe" before "NVIDIA H100"
+    if chip.startswith(name):
+      return bandwidths[name]
   return None

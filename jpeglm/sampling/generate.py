@@ -12,6 +12,8 @@ filled part of the cache. Two loops:
 
 Prompts are left-padded to a common length, rounded up (`prefill_length`) so that prompts
 of nearby lengths share one compiled prefill and the prefill tiles the attention kernel.
+Each prompt draws its tokens with its own keys (`jpeglm.sampling.keys`), so its sample does
+not depend on its batch-mates: `jpeglm.sampling.continuous` gives it the same tokens.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from jpeglm.model.kv_cache import CHUNK, KVCache
 from jpeglm.errors import JpeglmError
 from jpeglm.model.transformer import ModelConfig
 from jpeglm.sampling import inference_model
-from jpeglm.sampling.next_token import choose
+from jpeglm.sampling.keys import prompt_keys, token_keys
+from jpeglm.sampling.next_token import choose_rows
 
 # Prompts are left-padded to a multiple of this (or of the splash blocks, when longer).
 PREFILL_MULTIPLE = 128
@@ -106,11 +109,14 @@ class Generator:
     logits_BxPxV, cache = inference_model.model(params, self.cfg)(tokens_BxP, cache=cache, prefill=True)
     return logits_BxPxV[:, -1], cache
 
-  def _choose_impl(self, logits_BxV, done_B, key, allowed_BxV):
+  def _choose_impl(self, logits_BxV, done_B, keys_B, steps_B, allowed_BxV):
+    """Each row's next token, drawn with its prompt's key (`keys_B`) folded with the token's
+    number (`steps_B`, one for all rows or one per row); EOS for rows that are done."""
     s = self.settings
-    allowed_BxV = (self._base_allowed_V[None, :] if allowed_BxV is None
-                   else allowed_BxV & self._base_allowed_V[None, :])
-    token_B = choose(key, logits_BxV, s.temperature, s.top_k, s.top_p, allowed_BxV)
+    base_BxV = jnp.broadcast_to(self._base_allowed_V, logits_BxV.shape)
+    allowed_BxV = base_BxV if allowed_BxV is None else allowed_BxV & base_BxV
+    token_B = choose_rows(token_keys(keys_B, steps_B), logits_BxV, s.temperature, s.top_k,
+                          s.top_p, allowed_BxV)
     return jnp.where(done_B, self.eos_id, token_B)
 
   def _forward_impl(self, params, cache: KVCache, token_B):
@@ -118,22 +124,21 @@ class Generator:
     logits_Bx1xV, cache = inference_model.model(params, self.cfg)(token_B[:, None], cache=cache)
     return logits_Bx1xV[:, 0], cache
 
-  def _run_impl(self, params, cache, logits_BxV, key, buffer, stop):
+  def _run_impl(self, params, cache, logits_BxV, keys_B, buffer, stop):
     def cond(carry):
       cache, _, done_B, _, _ = carry
       return (cache.length < stop) & ~jnp.all(done_B)
 
     def body(carry):
-      cache, logits_BxV, done_B, key, buffer = carry
-      key, sub = jax.random.split(key)
-      token_B = self._choose_impl(logits_BxV, done_B, sub, None)
+      cache, logits_BxV, done_B, step, buffer = carry
+      token_B = self._choose_impl(logits_BxV, done_B, keys_B, step, None)
       buffer = jax.lax.dynamic_update_slice_in_dim(buffer, token_B[:, None], cache.length, 1)
       logits_BxV, cache = self._forward_impl(params, cache, token_B)
-      return cache, logits_BxV, done_B | (token_B == self.eos_id), key, buffer
+      return cache, logits_BxV, done_B | (token_B == self.eos_id), step + 1, buffer
 
     done_B = jnp.zeros(cache.starts_B.shape, bool)
     cache, _, _, _, buffer = jax.lax.while_loop(
-        cond, body, (cache, logits_BxV, done_B, key, buffer))
+        cond, body, (cache, logits_BxV, done_B, jnp.int32(0), buffer))
     return buffer, cache  # the cache too, so that its donated buffers are reused in place
 
   # ---- host side ----------------------------------------------------------------------------
@@ -163,37 +168,40 @@ class Generator:
     `generate` then measure sampling alone."""
     started = time.perf_counter()
     tokens_BxP, starts_B, _, size = self._layout([[0] * prompt_length] * batch, max_new_tokens)
-    key = jax.random.key(0)
+    keys_B = prompt_keys(0, range(batch))
     with self._mesh():
       logits_BxV, cache = self._prefill(self.params, jnp.asarray(tokens_BxP),
                                         jnp.asarray(starts_B), size=size)
       if self.grammar is None:
         buffer = jnp.full((batch, cache.size), self.eos_id, jnp.int32)
-        out = self._run(self.params, cache, logits_BxV, key, buffer, jnp.int32(0))  # 0 steps
+        out = self._run(self.params, cache, logits_BxV, keys_B, buffer, jnp.int32(0))  # 0 steps
       else:
-        token_B = self._choose(logits_BxV, jnp.zeros((batch,), bool), key,
+        token_B = self._choose(logits_BxV, jnp.zeros((batch,), bool), keys_B, jnp.int32(0),
                                jnp.ones(logits_BxV.shape, bool))
         out = self._forward(self.params, cache, token_B)
     jax.block_until_ready(out)
     return time.perf_counter() - started
 
   def generate(self, prompts: Sequence[Sequence[int]], seed: int = 0,
-               max_new_tokens: int | None = None) -> list[Generation]:
-    """One continuation per prompt (prompts may differ in length)."""
+               max_new_tokens: int | None = None,
+               indices: Sequence[int] | None = None) -> list[Generation]:
+    """One continuation per prompt (prompts may differ in length). Prompt b draws with the
+    key of (`seed`, `indices[b]`) (default: b): the same prompt, seed and index give the
+    same tokens in any batch."""
     started = time.perf_counter()
     tokens_BxP, starts_B, new, size = self._layout(prompts, max_new_tokens)
     width = tokens_BxP.shape[1]
-    key = jax.random.key(seed)
+    keys_B = prompt_keys(seed, range(len(prompts)) if indices is None else indices)
     with self._mesh():
       logits_BxV, cache = self._prefill(self.params, jnp.asarray(tokens_BxP),
                                         jnp.asarray(starts_B), size=size)
       if self.grammar is None:
         buffer = jnp.full((len(prompts), cache.size), self.eos_id, jnp.int32)
-        buffer, cache = self._run(self.params, cache, logits_BxV, key, buffer,
+        buffer, cache = self._run(self.params, cache, logits_BxV, keys_B, buffer,
                                   jnp.int32(width + new))
         generated = np.asarray(buffer)[:, width:int(cache.length)]
       else:
-        generated = self._generate_safe(prompts, cache, logits_BxV, key, new)
+        generated = self._generate_safe(prompts, cache, logits_BxV, keys_B, new)
     seconds = time.perf_counter() - started
     out = []
     for b, p in enumerate(prompts):
@@ -203,7 +211,7 @@ class Generator:
                             ended, seconds))
     return out
 
-  def _generate_safe(self, prompts, cache, logits_BxV, key, new):
+  def _generate_safe(self, prompts, cache, logits_BxV, keys_B, new):
     grammar, pieces = self.grammar, self.pieces
     states = [grammar.advance(grammar.start(), b"".join(pieces[t] for t in p)) for p in prompts]
     if any(s is None for s in states):
@@ -212,11 +220,11 @@ class Generator:
     only_eos[self.eos_id] = True
     done = np.zeros(len(prompts), bool)
     rows = []
-    for _ in range(new):
+    for step in range(new):
       allowed = np.stack([only_eos if d or grammar.is_complete(s) else grammar.allowed(s, pieces)
                           for s, d in zip(states, done)])
-      key, sub = jax.random.split(key)
-      token_B = self._choose(logits_BxV, jnp.asarray(done), sub, jnp.asarray(allowed))
+      token_B = self._choose(logits_BxV, jnp.asarray(done), keys_B, jnp.int32(step),
+                             jnp.asarray(allowed))
       # Dispatched before the host reads the token: the next mask is worked out meanwhile.
       logits_BxV, cache = self._forward(self.params, cache, token_B)
       token_B = np.asarray(token_B)

@@ -45,3 +45,13 @@ def choose(key: jax.Array, logits_BxV: jax.Array, temperature: float, top_k: int
   if temperature <= 0:
     return jnp.argmax(filtered_BxV, axis=-1).astype(jnp.int32)
   return jax.random.categorical(key, filtered_BxV, axis=-1).astype(jnp.int32)
+
+
+def choose_rows(keys_B: jax.Array, logits_BxV: jax.Array, temperature: float, top_k: int,
+                top_p: float, allowed_BxV: jax.Array | None = None) -> jax.Array:
+  """`choose`, each row drawing with its own key (`jpeglm.sampling.keys`): a row's token
+  is the same whatever rows it is batched with."""
+  def one_row(key, logits_V, allowed_V):
+    allowed_1xV = None if allowed_V is None else allowed_V[None]
+    return choose(key, logits_V[None], temperature, top_k, top_p, allowed_1xV)[0]
+  return jax.vmap(one_row)(keys_B, logits_BxV, allowed_BxV)
