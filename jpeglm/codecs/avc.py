@@ -187,15 +187,18 @@ class AvcCodec:
     for n, kind in zip(nals, kinds):
       if kind not in _VCL:
         continue
-      first_mb, slice_type = h264.slice_start(data[n.payload_start:n.end])
+      try:
+        first_mb, slice_type = h264.slice_start(data[n.payload_start:n.end])
+      except CodecError:  # cut or damaged inside its header: its frame is not whole, the
+        first_mb, slice_type = None, "?"  # frames before it still decode
       if first_mb == 0 or not frames:
         frames.append({"start": n.start, "slices": 0, "types": set(), "mbs_in_order": True,
                        "last_mb": -1, "end": n.end})
       f = frames[-1]
-      f["mbs_in_order"] &= first_mb > f["last_mb"]
+      f["mbs_in_order"] &= first_mb is not None and first_mb > f["last_mb"]
       f["slices"] += 1
       f["types"].add(slice_type)
-      f["last_mb"] = first_mb
+      f["last_mb"] = f["last_mb"] if first_mb is None else first_mb
       f["end"] = n.end
     return {"profile_idc": sps.profile_idc, "level_idc": sps.level_idc,
             "width": sps.width_mbs * 16, "height": sps.height_mbs * 16,
@@ -235,7 +238,7 @@ class AvcCodec:
       problems.append(f"decoder reported: {errors[0]}")
     valid = whole.index(False) if not all(whole) else len(whole)
     return Decoded(frames=frames, complete=not problems, reason="; ".join(problems),
-                   valid_frames=min(valid, len(frames)))
+                   valid_frames=min(valid, len(frames)), errors=tuple(errors))
 
   # ---- prompts ----------------------------------------------------------------------------
 

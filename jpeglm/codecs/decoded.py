@@ -24,3 +24,5 @@ class Decoded:
   # JPEG: pixel rows from the top whose MCUs all decode cleanly. AVC: frames fully present.
   valid_rows: int = 0
   valid_frames: int = 0
+  # AVC: the decoder's error lines (FFmpeg reports damage in its log, not by raising).
+  errors: tuple[str, ...] = ()

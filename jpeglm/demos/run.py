@@ -2,7 +2,8 @@
 
 `--demo digits` (the default, `make demo`): a JPEG-LM learns MNIST digits in three minutes
 on a CPU; `--demo digits-long` (`make demo DEMO=digits-long`) trains for the budget the
-frontier found (jpeglm.demos.digits). `--demo photos` (`make demo DEMO=photos`), below:
+frontier found (jpeglm.demos.digits). `--demo video` (`make demo DEMO=video`): an AVC-LM
+continues a held-out clip (jpeglm.demos.video). `--demo photos` (`make demo DEMO=photos`), below:
 
 1. Encode the built-in photos as the paper does, train the byte BPE on them, check that
    image -> JPEG bytes -> tokens -> bytes -> image is lossless, and draw what the model sees
@@ -146,7 +147,8 @@ def run_sampling_demo(out: str) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--demo", choices=("digits", "digits-long", "photos"), default="digits")
+  parser.add_argument("--demo", choices=("digits", "digits-long", "photos", "video"),
+                      default="digits")
   parser.add_argument("--out", default="demo_out")
   parser.add_argument("--config", default="configs/jpeglm.py:size=tiny", help="photos only")
   parser.add_argument("--skip-training", action="store_true")
@@ -157,6 +159,14 @@ def main() -> None:
     config_arg, seconds = demo_digits.PRESETS[args.demo]
     try:
       demo_digits.main(args.out, args.skip_training, config_arg, seconds)
+    except JpeglmError as e:
+      raise SystemExit(f"demo: {e}") from None
+    return
+  if args.demo == "video":
+    from jpeglm.demos import video as demo_video
+    from jpeglm.errors import JpeglmError
+    try:
+      demo_video.main(args.out, args.skip_training)
     except JpeglmError as e:
       raise SystemExit(f"demo: {e}") from None
     return

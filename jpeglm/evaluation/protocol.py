@@ -2,7 +2,8 @@
 
 For each ratio r and seed: every evaluation image, as the model sees it (encoded with the
 run's codec), is cut after the MCU rows covering r of its height (`JpegCodec.prefix`, the
-paper's cut at the n-th RST7); the model samples the rest (batched KV-cache generation, the
+paper's cut at the n-th RST7); the model samples the rest (KV-cache generation, all images
+flowing through `--batch-size` continuous-batching slots unless `sample.continuous=False`, the
 run's `sample.*` settings, syntax-safe if asked); the bytes are repaired as the authors do and
 decoded. Scores per ratio:
   - FID of the completions against the originals after the codec round trip (the images the
@@ -35,9 +36,12 @@ from jpeglm.evaluation.bits_per_byte import bits_per_byte, token_bits
 from jpeglm.evaluation import stream_parts
 from jpeglm.evaluation.report import SMALL_SET_NOTE
 from jpeglm.sampling import media
+from jpeglm.sampling.continuous import generate_all
 from jpeglm.sampling.run import load_run, make_generator
 
-SEED_STRIDE = 1_000_003  # seeds of different --seeds never meet across batches
+# Kept for fixed batches keyed by seed + offset (video_protocol); image completions draw
+# with per-image keys (jpeglm.sampling.keys), which never meet across seeds.
+SEED_STRIDE = 1_000_003
 
 
 @dataclasses.dataclass
@@ -62,19 +66,20 @@ def pick_images(source: str, num_images: int, seed: int) -> list[str] | list[dic
 
 
 def complete_images(generator, tokenizer, codec: JpegCodec, streams: Sequence[bytes],
-                    ratio: float, seed: int, batch_size: int) -> Completions:
+                    ratio: float, seed: int, batch_size: int,
+                    continuous: bool = True) -> Completions:
+  """Image i's completion draws with the key of (seed, i) (jpeglm.sampling.keys), through
+  `batch_size` continuous-batching slots or in fixed batches: the same tokens either way."""
   prompts = [[tokenizer.bos_id, *tokenizer.encode(codec.prefix(s, ratio))] for s in streams]
-  images, complete, tokens, seconds = [], [], 0, 0.0
-  for start in range(0, len(prompts), batch_size):
-    began = time.perf_counter()
-    generations = generator.generate(prompts[start:start + batch_size],
-                                     seed=seed * SEED_STRIDE + start)
-    seconds += time.perf_counter() - began
-    for g in generations:
-      tokens += len(g.tokens)
-      picture = media.to_picture(codec, tokenizer, g.prompt, g.tokens)
-      images.append(picture.image)
-      complete.append(picture.valid)
+  images, complete, tokens = [], [], 0
+  began = time.perf_counter()
+  generations = generate_all(generator, prompts, seed, batch_size, continuous)
+  seconds = time.perf_counter() - began
+  for g in generations:
+    tokens += len(g.tokens)
+    picture = media.to_picture(codec, tokenizer, g.prompt, g.tokens)
+    images.append(picture.image)
+    complete.append(picture.valid)
   return Completions(images, complete, tokens, seconds)
 
 
@@ -118,7 +123,8 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict, images_source: str
   for ratio in ratios:
     per_seed = []
     for seed in seeds:
-      done = complete_images(generator, run.tokenizer, codec, streams, ratio, seed, batch_size)
+      done = complete_images(generator, run.tokenizer, codec, streams, ratio, seed, batch_size,
+                             bool(config.sample.continuous))
       shown = [im if im is not None else _grey(codec.size) for im in done.images]
       score = fid_lib.frechet_distance(
           fid_lib.inception_features(shown, fid_batch_size), reference)

@@ -42,10 +42,17 @@ def bits_by_part(tokenizer, streams: list[bytes], bits: list[np.ndarray],
                  max_pixels: int = 1 << 26) -> dict[str, dict[str, float]]:
   """{part: {"bits": per stream, "bytes": per stream, "bits_per_byte"}} over `streams`,
   with `bits` from `bits_per_byte.token_bits`; EOS's bits count to "end"."""
-  total_bits = np.zeros(len(PARTS))
-  total_bytes = np.zeros(len(PARTS))
+  return spread_token_bits(tokenizer, streams, bits, lambda s: byte_parts(s, max_pixels), PARTS)
+
+
+def spread_token_bits(tokenizer, streams: list[bytes], bits: list[np.ndarray], parts_of,
+                      names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+  """`bits_by_part` for any codec: `parts_of(stream)` gives each byte's index into `names`,
+  whose last entry takes EOS's bits."""
+  total_bits = np.zeros(len(names))
+  total_bytes = np.zeros(len(names))
   for stream, stream_bits in zip(streams, bits):
-    parts = byte_parts(stream, max_pixels)
+    parts = parts_of(stream)
     at = 0
     for token, token_bits_ in zip(tokenizer.encode(stream), stream_bits):
       span = parts[at:at + len(tokenizer.piece_bytes(token))]
@@ -53,12 +60,12 @@ def bits_by_part(tokenizer, streams: list[bytes], bits: list[np.ndarray],
       at += len(span)
     if at != len(stream):
       raise ValueError(f"the tokens spell {at} bytes of a {len(stream)}-byte stream")
-    total_bits[PARTS.index("end")] += stream_bits[-1]
+    total_bits[len(names) - 1] += stream_bits[-1]
     np.add.at(total_bytes, parts, 1)
   n = max(len(streams), 1)
   return {part: {"bits": float(total_bits[i] / n), "bytes": float(total_bytes[i] / n),
                  "bits_per_byte": float(total_bits[i] / max(total_bytes[i], 1))}
-          for i, part in enumerate(PARTS)}
+          for i, part in enumerate(names)}
 
 
 def byte_bits_by_part(streams: list[bytes], bits: list[np.ndarray],

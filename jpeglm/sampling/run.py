@@ -1,7 +1,8 @@
 """`jpeglm sample`: a workdir's latest checkpoint -> samples on disk.
 
-Writes, per sample, the JPEG (or H.264 + GIF) file, a grid PNG (prompt | sample | original),
-and one line of `samples.jsonl`: tokens generated, whether the bytes decode completely, time.
+Writes, per sample, the JPEG file (videos: the H.264 stream, an MP4, a GIF and a frame
+strip), a grid PNG (prompt | sample | original), and one line of `samples.jsonl`: tokens
+generated, whether the bytes decode completely (videos: frames decoded, decoder errors), time.
 """
 
 from __future__ import annotations
@@ -12,18 +13,19 @@ import os
 
 import jax
 import ml_collections
-from PIL import Image
 
 from jpeglm.model import transformer as model_lib
 from jpeglm.training import run_setup
 from jpeglm.model import sharding
 from jpeglm.training.checkpointing import Checkpointer
 from jpeglm.codecs import AvcCodec, JpegCodec, make_codec
+from jpeglm.codecs.h264_grammar import AvcGrammar
 from jpeglm.codecs.jpeg_grammar import JpegGrammar
 from jpeglm.errors import ConfigError
 from jpeglm.runtime import files
-from jpeglm.sampling import media
+from jpeglm.sampling import media, video_files
 from jpeglm.sampling.generate import Generation, Generator, SamplingSettings
+from jpeglm.sampling.continuous import generate_all
 from jpeglm.tokenizer import ByteTokenizer
 from jpeglm.training.state import abstract_params
 
@@ -52,9 +54,12 @@ def build_generator(params, config: ml_collections.ConfigDict, tokenizer: ByteTo
   s = config.sample
   grammar = pieces = None
   if syntax_safe:
-    if not isinstance(codec, JpegCodec):
-      raise ConfigError("sample.syntax_safe is implemented for JPEG streams only")
-    grammar = JpegGrammar(codec)
+    if isinstance(codec, AvcCodec):
+      grammar = AvcGrammar(codec)
+    elif isinstance(codec, JpegCodec):
+      grammar = JpegGrammar(codec)
+    else:
+      raise ConfigError(f"sample.syntax_safe has no grammar for {type(codec).__name__}")
     pieces = [tokenizer.piece_bytes(i) for i in range(tokenizer.vocab_size)]
   return Generator(params, model_lib.ModelConfig.from_config(config.model), tokenizer.eos_id,
                    config.model.max_len,
@@ -85,21 +90,19 @@ def sample_images(run: LoadedRun, codec: JpegCodec, out: str, prompts: list[str]
   else:
     jobs = [([run.tokenizer.bos_id], None, None)] * num_samples
   records, rows = [], []
-  for start in range(0, len(jobs), batch_size):
-    chunk = jobs[start:start + batch_size]
-    generations = generator.generate([j[0] for j in chunk], seed=seed + start)
-    for k, (g, (_, source, path)) in enumerate(zip(generations, chunk)):
-      i = start + k
-      picture = media.to_picture(codec, run.tokenizer, g.prompt, g.tokens)
-      image, complete, reason = picture.image, picture.valid, picture.reason
-      if image is not None:
-        with open(os.path.join(out, f"sample_{i:03d}.jpg"), "wb") as f:
-          f.write(codec.standalone(codec.repair(picture.data)))
-      shown = [image] if source is None else [
-          media.to_picture(codec, run.tokenizer, g.prompt, []).image, image, source]
-      rows.append(media.side_by_side(shown, codec.size))
-      records.append(_record(i, g, complete, reason,
-                             {"prompt": path, "ratio": ratio if path else None}))
+  generations = generate_all(generator, [j[0] for j in jobs], seed, batch_size,
+                             bool(run.config.sample.continuous))
+  for i, (g, (_, source, path)) in enumerate(zip(generations, jobs)):
+    picture = media.to_picture(codec, run.tokenizer, g.prompt, g.tokens)
+    image, complete, reason = picture.image, picture.valid, picture.reason
+    if image is not None:
+      with open(os.path.join(out, f"sample_{i:03d}.jpg"), "wb") as f:
+        f.write(codec.standalone(codec.repair(picture.data)))
+    shown = [image] if source is None else [
+        media.to_picture(codec, run.tokenizer, g.prompt, []).image, image, source]
+    rows.append(media.side_by_side(shown, codec.size))
+    records.append(_record(i, g, complete, reason,
+                           {"prompt": path, "ratio": ratio if path else None}))
   if rows:
     media.stack_rows(rows).save(os.path.join(out, "grid.png"))
   return records
@@ -107,30 +110,36 @@ def sample_images(run: LoadedRun, codec: JpegCodec, out: str, prompts: list[str]
 
 def sample_videos(run: LoadedRun, codec: AvcCodec, out: str, prompts: list[str], frames: int,
                   num_samples: int, seed: int, batch_size: int) -> list[dict]:
+  """Per sample the .h264, .mp4, .gif and frame strip (jpeglm.sampling.video_files); grid.png
+  holds a row per sample: its frames, or for prompts prompt | continued | true frames."""
   generator = make_generator(run, codec)
-  jobs = ([(media.video_prompt(codec, run.tokenizer, p, frames)[0], p) for p in prompts
-           for _ in range(num_samples)] if prompts
-          else [([run.tokenizer.bos_id], None)] * num_samples)
-  records, strips = [], []
+  jobs = []  # (prompt tokens, prompt path or None, (prompt frames, true frames) or None)
+  for path in prompts:
+    tokens, stream = media.video_prompt(codec, run.tokenizer, path, frames)
+    jobs += [(tokens, path, video_files.prompt_and_truth(codec, stream, frames))] * num_samples
+  if not prompts:
+    jobs = [([run.tokenizer.bos_id], None, None)] * num_samples
+  records, rows = [], []
   for start in range(0, len(jobs), batch_size):
     chunk = jobs[start:start + batch_size]
-    for k, (g, (_, path)) in enumerate(zip(generator.generate([j[0] for j in chunk],
-                                                              seed=seed + start), chunk)):
+    for k, (g, (_, path, shown)) in enumerate(zip(generator.generate([j[0] for j in chunk],
+                                                                     seed=seed + start), chunk)):
       i = start + k
       data, only_bytes = media.sampled_bytes(run.tokenizer, g.prompt, g.tokens)
-      with open(os.path.join(out, f"sample_{i:03d}.h264"), "wb") as f:
-        f.write(data)
-      decoded, complete, reason = media.decode_video(codec, data)
-      if not only_bytes:
-        complete, reason = False, media.NOT_BYTES
-      if decoded:
-        pictures = [Image.fromarray(f) for f in decoded]
-        pictures[0].save(os.path.join(out, f"sample_{i:03d}.gif"), save_all=True,
-                         append_images=pictures[1:], duration=int(1000 / codec.fps), loop=0)
-      strips.append(media.frame_strip(decoded))
-      records.append(_record(i, g, complete, reason, {"prompt": path, "prompt_frames": frames}))
-  if strips:
-    media.stack_rows(strips).save(os.path.join(out, "grid.png"))
+      decoded = video_files.decode_sample(codec, data)
+      complete, reason = video_files.verdict(decoded, only_bytes, len(shown[0]) if shown else 0)
+      written = video_files.write_sample(out, i, codec, data, decoded)
+      if shown is None:
+        rows.append(media.frame_strip(decoded.frames or [], video_files.STRIP_HEIGHT))
+      else:
+        prompt_frames, truth = shown
+        rows.append(video_files.continuation_row(
+            prompt_frames, (decoded.frames or [])[len(prompt_frames):], truth))
+      records.append(_record(i, g, complete, reason,
+                             {"prompt": path, "prompt_frames": frames if path else None,
+                              "valid": complete, **written}))
+  if rows:
+    media.stack_rows(rows).save(os.path.join(out, "grid.png"))
   return records
 
 
