@@ -80,3 +80,24 @@ def test_a_continuation_is_valid_only_if_it_adds_frames(codec, stream):
     assert not valid and "no frame added" in reason
   assert video_files.verdict(video_files.decode_sample(codec, codec.prefix(stream, 11)),
                              True, 10) == (True, "")
+
+
+
+def test_a_syntax_safe_sample_cut_by_the_context_keeps_its_whole_frames(codec, stream,
+                                                                         tokenizer_path):
+  from jpeglm.sampling.generate import Generation
+  from jpeglm.tokenizer import ByteTokenizer
+
+  frames = codec.describe(stream)["frames"]
+  cut = stream[:(frames[3]["start"] + frames[3]["end"]) // 2]
+  whole = codec.whole_frames(cut)
+  assert whole == codec.prefix(stream, 3)  # frame 3 was cut: frames 0-2 stay
+  assert codec.decode(whole).complete and len(codec.decode(whole).frames) == 3
+  assert not codec.decode(cut).complete
+  assert codec.whole_frames(stream) == stream
+
+  tokenizer = ByteTokenizer.load(tokenizer_path)
+  g = Generation(prompt=[tokenizer.bos_id], tokens=tokenizer.encode(cut), ended_with_eos=False,
+                 seconds=0.0)
+  assert video_files.sample_stream(codec, tokenizer, g, syntax_safe=True) == (whole, True)
+  assert video_files.sample_stream(codec, tokenizer, g, syntax_safe=False) == (cut, True)

@@ -242,6 +242,18 @@ class AvcCodec:
 
   # ---- prompts ----------------------------------------------------------------------------
 
+  def whole_frames(self, data: bytes) -> bytes:
+    """The stream cut after its last whole frame (every slice there, in order): a sample
+    that ran out of context mid-frame keeps the frames it finished."""
+    data = bytes(data)
+    info = self.describe(data)
+    whole = 0
+    for frame in info["frames"]:
+      if not (frame["mbs_in_order"] and frame["slices"] == info["mbs_per_frame"]):
+        break
+      whole += 1
+    return self.prefix(data, whole)
+
   def prefix(self, data: bytes, frames: int) -> bytes:
     """The stream up to (not including) frame `frames`: parameter sets and the first k frames."""
     if frames < 0:

@@ -34,6 +34,7 @@ from jpeglm.evaluation.bits_per_byte import bits_per_byte, token_bits
 from jpeglm.evaluation.protocol import SEED_STRIDE
 from jpeglm.evaluation.video_quality import continuation_scores
 from jpeglm.sampling import media, video_files
+from jpeglm.sampling.continuous import generate_all
 from jpeglm.sampling.run import build_generator, load_run
 
 PROMPT_FRAMES = 10  # the paper: prompt with 10 frames, generate 5
@@ -54,26 +55,25 @@ def pick_videos(source: str, num_videos: int, seed: int) -> list[str]:
 
 def _continue_clips(generator, tokenizer, codec: AvcCodec, streams: Sequence[bytes],
                     truths: Sequence[list[np.ndarray]], prompt_frames: int, seed: int,
-                    batch_size: int) -> list[dict]:
+                    batch_size: int, continuous: bool) -> list[dict]:
   """One sample per clip: validity, decoder errors, scores, and the decoded frames."""
   prompts = [[tokenizer.bos_id, *tokenizer.encode(codec.prefix(s, prompt_frames))]
              for s in streams]
+  began = time.perf_counter()
+  generations = generate_all(generator, prompts, seed * SEED_STRIDE, batch_size, continuous)
+  seconds = (time.perf_counter() - began) / max(len(generations), 1)
   out = []
-  for start in range(0, len(prompts), batch_size):
-    began = time.perf_counter()
-    generations = generator.generate(prompts[start:start + batch_size],
-                                     seed=seed * SEED_STRIDE + start)
-    seconds = time.perf_counter() - began
-    for g, truth in zip(generations, truths[start:start + batch_size]):
-      data, only_bytes = media.sampled_bytes(tokenizer, g.prompt, g.tokens)
-      decoded = video_files.decode_sample(codec, data)
-      valid, reason = video_files.verdict(decoded, only_bytes, prompt_frames)
-      out.append({"valid": valid, "reason": reason,
-                  "frames_decoded": len(decoded.frames or []),
-                  "decoder_errors": len(decoded.errors), "ended_with_eos": g.ended_with_eos,
-                  "tokens_generated": len(g.tokens), "seconds": seconds / len(generations),
-                  "frames": decoded.frames or [],
-                  **_scores(decoded.frames or [], truth, prompt_frames)})
+  for g, truth in zip(generations, truths):
+    data, only_bytes = video_files.sample_stream(codec, tokenizer, g,
+                                                 generator.grammar is not None)
+    decoded = video_files.decode_sample(codec, data)
+    valid, reason = video_files.verdict(decoded, only_bytes, prompt_frames)
+    out.append({"valid": valid, "reason": reason,
+                "frames_decoded": len(decoded.frames or []),
+                "decoder_errors": len(decoded.errors), "ended_with_eos": g.ended_with_eos,
+                "tokens_generated": len(g.tokens), "seconds": seconds,
+                "frames": decoded.frames or [],
+                **_scores(decoded.frames or [], truth, prompt_frames)})
   return out
 
 
@@ -136,7 +136,7 @@ def evaluate_videos(workdir: str, config: ml_collections.ConfigDict, videos_sour
     per_seed, listed = [], []
     for seed in seeds:
       samples = _continue_clips(generator, run.tokenizer, codec, streams, truths, prompt_frames,
-                                seed, batch_size)
+                                seed, batch_size, bool(config.sample.continuous))
       per_seed.append({"seed": seed, **_summary(samples)})
       listed += [{"video": os.path.basename(p), "seed": seed,
                   **{k: v for k, v in s.items() if k not in ("frames", "seconds")}}

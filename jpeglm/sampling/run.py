@@ -120,24 +120,23 @@ def sample_videos(run: LoadedRun, codec: AvcCodec, out: str, prompts: list[str],
   if not prompts:
     jobs = [([run.tokenizer.bos_id], None, None)] * num_samples
   records, rows = [], []
-  for start in range(0, len(jobs), batch_size):
-    chunk = jobs[start:start + batch_size]
-    for k, (g, (_, path, shown)) in enumerate(zip(generator.generate([j[0] for j in chunk],
-                                                                     seed=seed + start), chunk)):
-      i = start + k
-      data, only_bytes = media.sampled_bytes(run.tokenizer, g.prompt, g.tokens)
-      decoded = video_files.decode_sample(codec, data)
-      complete, reason = video_files.verdict(decoded, only_bytes, len(shown[0]) if shown else 0)
-      written = video_files.write_sample(out, i, codec, data, decoded)
-      if shown is None:
-        rows.append(media.frame_strip(decoded.frames or [], video_files.STRIP_HEIGHT))
-      else:
-        prompt_frames, truth = shown
-        rows.append(video_files.continuation_row(
-            prompt_frames, (decoded.frames or [])[len(prompt_frames):], truth))
-      records.append(_record(i, g, complete, reason,
-                             {"prompt": path, "prompt_frames": frames if path else None,
-                              "valid": complete, **written}))
+  generations = generate_all(generator, [j[0] for j in jobs], seed, batch_size,
+                             bool(run.config.sample.continuous))
+  for i, (g, (_, path, shown)) in enumerate(zip(generations, jobs)):
+    data, only_bytes = video_files.sample_stream(codec, run.tokenizer, g,
+                                                 generator.grammar is not None)
+    decoded = video_files.decode_sample(codec, data)
+    complete, reason = video_files.verdict(decoded, only_bytes, len(shown[0]) if shown else 0)
+    written = video_files.write_sample(out, i, codec, data, decoded)
+    if shown is None:
+      rows.append(media.frame_strip(decoded.frames or [], video_files.STRIP_HEIGHT))
+    else:
+      prompt_frames, truth = shown
+      rows.append(video_files.continuation_row(
+          prompt_frames, (decoded.frames or [])[len(prompt_frames):], truth))
+    records.append(_record(i, g, complete, reason,
+                           {"prompt": path, "prompt_frames": frames if path else None,
+                            "valid": complete, **written}))
   if rows:
     media.stack_rows(rows).save(os.path.join(out, "grid.png"))
   return records

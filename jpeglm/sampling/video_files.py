@@ -32,6 +32,16 @@ def decode_sample(codec: AvcCodec, data: bytes) -> Decoded:
     return Decoded(frames=[], complete=False, reason=str(e))
 
 
+def sample_stream(codec: AvcCodec, tokenizer, g, syntax_safe: bool) -> tuple[bytes, bool]:
+  """(the sample's H.264 bytes, whether every token stood for bytes). A syntax-safe sample
+  cut short by the context is cut back to its last whole frame: every byte before the cut
+  kept the stream valid, so what it finished decodes."""
+  data, only_bytes = media.sampled_bytes(tokenizer, g.prompt, g.tokens)
+  if syntax_safe and not g.ended_with_eos and only_bytes:
+    data = codec.whole_frames(data)
+  return data, only_bytes
+
+
 def verdict(decoded: Decoded, only_bytes: bool, prompt_frames: int) -> tuple[bool, str]:
   """(valid, why not): every generated token stands for bytes, the whole stream decodes (no
   missing slices, no decoder error line), and it has frames beyond the prompt's. The last
