@@ -10,8 +10,13 @@ from configs.jpeglm import get_config
 from data_pipeline.media_files import builtin_videos
 from jpeglm.codecs import AvcCodec, CodecError
 from jpeglm.codecs import h264_bitstream as h264
+from jpeglm.codecs import h264_codes as hc
+from jpeglm.codecs import h264_macroblock as mb
+from jpeglm.codecs import h264_residual as residual
+from jpeglm.codecs import h264_slice_header as sh
 from jpeglm.codecs.h264_bitstream import BitReader, rbsp
-from jpeglm.codecs.h264_grammar import AvcGrammar
+from jpeglm.codecs.h264_grammar import SLICE, AvcGrammar
+from jpeglm.codecs.h264_syntax import TRAIL_STOP
 from jpeglm.tokenizer import ByteTokenizer
 
 VIDEOS = builtin_videos()
@@ -243,6 +248,67 @@ def test_memoised_masks_equal_masks_worked_out_afresh(tokenizer, small_streams):
       assert mask.tolist() == fresh
       state = grammar.advance(state, pieces[token])
     assert grammar.is_complete(state)
+
+
+def _reference_step(syntax, position, byte: int):
+  """One byte read bit by bit on whole states (the residual block's ctx inside the state) with
+  none of SliceSyntax's memos: (whole state or "stop"/"end", node, header values)."""
+  ctx, (s, node) = position
+  if ctx is not None:
+    s = (s[0], ctx) + s[2:]
+  if s[0] == TRAIL_STOP:
+    s = "stop"
+  info = None
+  for shift in range(7, -1, -1):
+    bit = (byte >> shift) & 1
+    if s in ("stop", "zero"):  # rbsp_stop_one_bit, then rbsp_alignment_zero_bits
+      if bit != (s == "stop"):
+        return None
+      s = "zero"
+      continue
+    nxt = syntax.codes.child(node, bit)
+    if nxt == hc.DEAD:
+      return None
+    if nxt > 0:
+      node = nxt
+      continue
+    machine = syntax.header if s[0] < mb.MB_SKIP_RUN else syntax.macroblock
+    s = machine.after(s, syntax.codes.leaf_value(nxt))
+    if s[0] == sh.DATA_START:
+      info, s = s[1], s[2]
+    assert s is not mb.PCM  # not in these streams
+    if s is residual.MB_DONE:
+      s, node = "stop", 0
+      continue
+    node = (syntax.header if s[0] < mb.MB_SKIP_RUN else syntax.macroblock).code(s)
+  return ("end" if s == "zero" else s), node, info
+
+
+def _whole(result):
+  (ctx, (s, node)), info, ended = result
+  if ended:
+    return "end", 0, info
+  if s[0] == TRAIL_STOP:
+    return "stop", 0, info
+  return ((s[0], ctx) + s[2:] if ctx is not None else s), node, info
+
+
+def test_memoised_byte_steps_equal_bits_read_afresh(small_streams):
+  """SliceSyntax memoises byte steps per position without the residual block's context and
+  goes on from a memo per (context, TotalCoeff) where a block ends: after other clips have
+  filled its memos, every byte from positions of a real stream and of a byte walk must read as
+  the bits do, state by state."""
+  grammar = AvcGrammar(SMALL)
+  for data in small_streams[3:6:2]:  # QP 37 as SMALL
+    assert_accepted_exactly(grammar, data)
+  walk = _byte_walk(grammar, np.random.default_rng(3))
+  positions = [s[2] for data in (small_streams[4], walk) for s in states_along(grammar, data)
+               if s is not None and s[0] == SLICE]
+  assert len(positions) > 300 and sum(ctx is not None for ctx, _ in positions) > 100
+  for position in positions[::3]:
+    for byte in range(256):
+      got = grammar.syntax.step(position, byte)
+      assert (got and _whole(got)) == _reference_step(grammar.syntax, position, byte)
 
 
 def test_random_token_walks_decode_cleanly(tokenizer):

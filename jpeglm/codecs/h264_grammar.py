@@ -26,19 +26,18 @@ from jpeglm.codecs import h264_params
 from jpeglm.codecs import h264_slice_header as sh
 from jpeglm.codecs.avc import AvcCodec
 from jpeglm.codecs.errors import CodecError
-from jpeglm.codecs.h264_syntax import SliceSyntax
+from jpeglm.codecs.h264_syntax import UNREAD, SliceSyntax
 
 VERBATIM, START_CODE, NAL_HEADER, SLICE, DONE = range(5)
 _DONE = (DONE,)
 _IDR_HEADERS = (0x25, 0x45, 0x65)  # nal_ref_idc 1..3, nal_unit_type 5
 _NON_IDR_HEADERS = (0x21, 0x41, 0x61)  # nal_ref_idc 1..3, nal_unit_type 1
 MAX_MASKS = 100_000
-MANY_BYTES = 24  # trie children above which all 256 bytes are read at once
 
 
 class _PieceTrie:
   """The tokenizer's pieces as a byte trie: `children[node]` {byte: node}, `ends[node]` the
-  piece ids that end there, `below[node]` the ids in the node's subtree (node included)."""
+  piece ids that end there."""
 
   def __init__(self, pieces: Sequence[bytes]):
     self.children: list[dict] = [{}]
@@ -55,18 +54,6 @@ class _PieceTrie:
           self.ends.append([])
         node = nxt
       self.ends[node].append(i)
-    # the root's children as arrays: single-byte pieces, and bytes that longer pieces start with
-    self.single_bytes = np.array([b for b, c in self.children[0].items() for _ in self.ends[c]],
-                                 dtype=np.int64)
-    self.single_ids = np.array([i for c in self.children[0].values() for i in self.ends[c]],
-                               dtype=np.int64)
-    self.longer = [(b, c) for b, c in self.children[0].items() if self.children[c]]
-    self.below: list = [None] * len(self.children)
-    for node in range(len(self.children) - 1, -1, -1):  # children have larger ids
-      ids = list(self.ends[node])
-      for child in self.children[node].values():
-        ids.extend(self.below[child])
-      self.below[node] = np.array(ids, dtype=np.int64)
 
 
 class AvcGrammar:
@@ -95,7 +82,6 @@ class AvcGrammar:
     self.mbs_per_frame = self.ps.mbs_per_frame
     self.syntax = SliceSyntax(self.ps)
     self._escapable: dict = {}
-    self._root_arrays: dict = {}
     self._trie, self._trie_of = None, None
     self._masks: dict = {}
     self._local: dict = {}
@@ -157,9 +143,8 @@ class AvcGrammar:
       return (START_CODE, 0, g, False)
     return None  # nothing follows the last macroblock
 
-  def _slice_byte(self, position, zeros: int, escaped: bool, byte: int, table=None):
-    """Emulation prevention, then the RBSP parser: (position, zeros, escaped, info, ended).
-    `table`: the parser's `byte_table(position)` where already at hand."""
+  def _slice_byte(self, position, zeros: int, escaped: bool, byte: int):
+    """Emulation prevention, then the RBSP parser: (position, zeros, escaped, info, ended)."""
     if escaped:
       if byte > 3:
         return None  # 00 00 03 is followed by 00..03
@@ -168,7 +153,7 @@ class AvcGrammar:
         return (position, 0, True, None, False) if self._escapable_at(position) else None
       if byte < 3:
         return None
-    result = self.syntax.step(position, byte) if table is None else table[byte]
+    result = self.syntax.step(position, byte)
     if result is None:
       return None
     position, info, ended = result
@@ -263,62 +248,67 @@ class AvcGrammar:
     if outcome is None:
       if len(self._local) >= MAX_MASKS:
         self._local.clear()
-      trie = self._trie
-      inside = np.zeros(self._size, dtype=bool)
-      leaving = []
-      position, zeros, escaped = key
-      # First bytes, all at once: the parser's byte table, then emulation prevention.
-      table, valid, ends = self._first_bytes(position)
-      if escaped:
-        valid = valid & (np.arange(256) <= 3)
-      elif zeros == 2:
-        valid = valid & (np.arange(256) > 3)
-        valid[3] = self._escapable_at(position)
-      stay = valid & ~ends
-      inside[trie.single_ids[stay[trie.single_bytes]]] = True
-      for byte in np.flatnonzero(valid & ends):
-        leaving.append((trie.children[0][int(byte)], table[byte][1]))
-      stack, kept = [], []
-      for byte, child in trie.longer:
-        if stay[byte]:
-          nxt = self._slice_byte(position, zeros, escaped, byte, table)
-          stack.append((child, nxt[:3], nxt[3]))
-      while stack:
-        at, (position, zeros, escaped), info = stack.pop()
-        children = trie.children[at]
-        # many bytes to try: one pass over the bits of all bytes is cheaper than byte by byte
-        table = self.syntax.byte_table(position) if len(children) > MANY_BYTES else None
-        for byte, child in children.items():
-          result = self._slice_byte(position, zeros, escaped, byte, table)
-          if result is None:
-            continue
-          nxt_position, nxt_zeros, nxt_escaped, nxt_info, ended = result
-          nxt_info = nxt_info if nxt_info is not None else info
-          if ended:
-            leaving.append((child, nxt_info))
-            continue
-          kept.extend(trie.ends[child])
-          stack.append((child, (nxt_position, nxt_zeros, nxt_escaped), nxt_info))
-      inside[kept] = True
-      outcome = self._local[key] = (inside, leaving)
+      outcome = self._local[key] = self._walk(*key)
     return outcome
 
-  def _first_bytes(self, position):
-    """(byte table, which bytes the RBSP parser takes, which of them end the slice)."""
-    arrays = self._root_arrays.get(position)
-    if arrays is None:
-      if len(self._root_arrays) >= MAX_MASKS:
-        self._root_arrays.clear()
-      table = self.syntax.byte_table(position)
-      valid = np.array([r is not None for r in table])
-      ends = np.array([r is not None and r[2] for r in table])
-      arrays = self._root_arrays[position] = (table, valid, ends)
-    return arrays
+  def _walk(self, position, zeros: int, escaped: bool):
+    """`_local_outcome` worked out: the piece trie walked from `position`, with `_slice_byte`
+    inlined (this loop is the cost of a mask)."""
+    children, ends = self._trie.children, self._trie.ends
+    syntax = self.syntax
+    tables, local_table, read, go_on = (syntax.tables, syntax.local_table, syntax.read_byte,
+                                        syntax.go_on)
+    kept, leaving = [], []
+    stack = [(0, position, zeros, escaped, None)]
+    while stack:
+      at, position, zeros, escaped, info = stack.pop()
+      ctx, local = position
+      table = tables.get(local)
+      if table is None:
+        table = local_table(local)
+      for byte, child in children[at].items():
+        if escaped:
+          if byte > 3:
+            continue
+        elif zeros == 2:
+          if byte == 3:  # emulation_prevention_three_byte
+            if self._escapable_at(position):
+              kept.extend(ends[child])
+              if children[child]:
+                stack.append((child, position, 0, True, info))
+            continue
+          if byte < 3:
+            continue
+        r = table[byte]
+        if r is UNREAD:
+          r = read(table, local, byte)
+        if r is None:
+          continue
+        if r[0] is not None:
+          nxt, nxt_info, ended = (ctx, r[0]), r[1], r[2]
+        else:
+          r = go_on(ctx, r, byte)
+          if r is None:
+            continue
+          nxt, nxt_info, ended = r
+        if nxt_info is None:
+          nxt_info = info
+        if ended:
+          leaving.append((child, nxt_info))
+          continue
+        kept.extend(ends[child])
+        if children[child]:
+          stack.append((child, nxt, zeros + 1 if byte == 0 else 0, False, nxt_info))
+    inside = np.zeros(self._size, dtype=bool)
+    inside[kept] = True
+    return inside, leaving
 
   def _escapable_at(self, position) -> bool:
     """Whether 00 00 03 may come here: some RBSP byte 00..03 must follow it."""
     ok = self._escapable.get(position)
     if ok is None:
-      table = self._first_bytes(position)[0]
-      ok = self._escapable[position] = any(r is not None for r in table[:4])
+      if len(self._escapable) >= MAX_MASKS:
+        self._escapable.clear()
+      ok = self._escapable[position] = any(self.syntax.step(position, b) is not None
+                                           for b in range(4))
     return ok

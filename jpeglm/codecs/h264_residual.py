@@ -7,8 +7,9 @@ total_zeros and run_before. nC comes from the left and upper 4x4 blocks *of this
 with one macroblock per slice every neighbour in another macroblock is unavailable (6.4.11.4),
 and a block skipped by coded_block_pattern counts as available with no coefficients.
 
-States are tuples (tag, list id, block position, totals, ...), where totals keeps TotalCoeff
-only of the earlier blocks that later blocks still look at, so equal futures share a state.
+States are tuples (tag, ctx, maxNumCoeff, ...) with ctx = (list id, block position, totals),
+where totals keeps TotalCoeff only of the earlier blocks that later blocks still look at, so
+equal futures share a state. Inside a block only the block's end reads ctx.
 """
 
 from __future__ import annotations
@@ -83,57 +84,81 @@ _NEEDED = [_still_needed(b) for b in BLOCK_LISTS]
 def start(intra16: bool, cbp: int):
   """First state of the residual, or MB_DONE if nothing is coded."""
   lid = LIST_ID[(intra16, cbp)]
-  return (RES_COEFF_TOKEN, lid, 0, ()) if BLOCK_LISTS[lid] else MB_DONE
+  return block_start((lid, 0, ())) if BLOCK_LISTS[lid] else MB_DONE
+
+
+def _nc(block, totals) -> int:
+  _, left, top = block
+  if left is None:
+    return vlc.CHROMA_DC
+  avail = [totals[r] if r >= 0 else 0 for r in (left, top) if r != _UNAVAILABLE]
+  if len(avail) == 2:
+    return (avail[0] + avail[1] + 1) >> 1
+  return avail[0] if avail else 0
+
+
+def block_start(ctx):
+  """The coeff_token state of the block at `ctx` = (list id, block position, totals)."""
+  lid, pos, totals = ctx
+  block = BLOCK_LISTS[lid][pos]
+  return (RES_COEFF_TOKEN, ctx, block[0], vlc.coeff_token_table(_nc(block, totals)))
+
+
+def block_done(ctx, total: int):
+  """The state after the block at `ctx` ends with `total` coefficients."""
+  lid, pos, totals = ctx
+  if pos + 1 == len(BLOCK_LISTS[lid]):
+    return MB_DONE
+  totals = tuple(map(int.__mul__, totals + (total,), _NEEDED[lid][pos]))
+  return block_start((lid, pos + 1, totals))
+
+
+BLOCK_END_TAG = 48  # (BLOCK_END_TAG, total): a block ended where its ctx was left out
 
 
 class Residual:
-  """code(state) -> root node of the element read there; after(state, value) -> next state."""
+  """code(state) -> root node of the element read there; after(state, value) -> next state.
+
+  A state is (tag, ctx, maxNumCoeff, ...) with ctx = (list id, block position, totals): only
+  the end of a block reads ctx, so a state with ctx None stands for every block alike (the
+  reader memoises bits within a block that way) and its block end is `(BLOCK_END_TAG, total)`.
+  """
 
   def __init__(self, codes: hc.Codes):
     self.codes = codes
-
-  def _nc(self, block, totals) -> int:
-    _, left, top = block
-    if left is None:
-      return vlc.CHROMA_DC
-    avail = [totals[r] if r >= 0 else 0 for r in (left, top) if r != _UNAVAILABLE]
-    if len(avail) == 2:
-      return (avail[0] + avail[1] + 1) >> 1
-    return avail[0] if avail else 0
 
   def code(self, s) -> int:
     tag = s[0]
     codes = self.codes
     if tag == RES_COEFF_TOKEN:
-      block = BLOCK_LISTS[s[1]][s[2]]
-      key = ("coeff_token", vlc.coeff_token_table(self._nc(block, s[3])), block[0])
+      key = ("coeff_token", s[3], s[2])
       return codes.root(key, lambda: hc.WordCode(vlc.coeff_token_words(key[1], key[2])))
     if tag == RES_SIGNS:
-      ones = s[5]
+      ones = s[4]
       return codes.root(("signs", ones), lambda: hc.fixed_words(ones, range(1 << ones)))
     if tag == RES_LEVEL:
-      length = s[6]
+      length = s[5]
       return codes.root(("level", length), lambda: hc.LevelCode(length))
     if tag == RES_TOTAL_ZEROS:
-      key = ("total_zeros", s[4], BLOCK_LISTS[s[1]][s[2]][0])
+      key = ("total_zeros", s[3], s[2])
       return codes.root(key, lambda: hc.WordCode(vlc.total_zeros_words(key[1], key[2])))
-    zeros_left = s[6]
+    zeros_left = s[5]
     return codes.root(("run_before", zeros_left),
                       lambda: hc.WordCode(vlc.run_before_words(zeros_left)))
 
   def after(self, s, value):
-    tag, lid, pos, totals = s[:4]
+    tag, ctx, maxc = s[:3]
     if tag == RES_COEFF_TOKEN:
       total, ones = value
       if total == 0:
-        return self._block_done(lid, pos, totals, 0)
+        return self._block_done(ctx, 0)
       if ones:
-        return (RES_SIGNS, lid, pos, totals, total, ones)
-      return self._levels(lid, pos, totals, total, 0)
+        return (RES_SIGNS, ctx, maxc, total, ones)
+      return self._levels(ctx, maxc, total, 0)
     if tag == RES_SIGNS:
-      return self._levels(lid, pos, totals, s[4], s[5])
+      return self._levels(ctx, maxc, s[3], s[4])
     if tag == RES_LEVEL:
-      _, _, _, _, total, i, length, first = s
+      _, _, _, total, i, length, first = s
       code = value + 2 if first else value
       magnitude = (code + 2) >> 1  # |levelVal| (9.2.2.1), the same for both signs
       if length == 0:
@@ -141,31 +166,29 @@ class Residual:
       if magnitude > (3 << (length - 1)) and length < 6:
         length += 1
       if i + 1 < total:
-        return (RES_LEVEL, lid, pos, totals, total, i + 1, length, False)
-      return self._after_levels(lid, pos, totals, total)
+        return (RES_LEVEL, ctx, maxc, total, i + 1, length, False)
+      return self._after_levels(ctx, maxc, total)
     if tag == RES_TOTAL_ZEROS:
-      return self._runs(lid, pos, totals, s[4], s[4] - 1, value)
-    _, _, _, _, total, runs_left, zeros_left = s
-    return self._runs(lid, pos, totals, total, runs_left - 1, zeros_left - value)
+      return self._runs(ctx, maxc, s[3], s[3] - 1, value)
+    _, _, _, total, runs_left, zeros_left = s
+    return self._runs(ctx, maxc, total, runs_left - 1, zeros_left - value)
 
-  def _levels(self, lid, pos, totals, total, ones):
+  def _levels(self, ctx, maxc, total, ones):
     if ones == total:
-      return self._after_levels(lid, pos, totals, total)
+      return self._after_levels(ctx, maxc, total)
     length = 1 if total > 10 and ones < 3 else 0
-    return (RES_LEVEL, lid, pos, totals, total, ones, length, ones < 3)
+    return (RES_LEVEL, ctx, maxc, total, ones, length, ones < 3)
 
-  def _after_levels(self, lid, pos, totals, total):
-    if total < BLOCK_LISTS[lid][pos][0]:
-      return (RES_TOTAL_ZEROS, lid, pos, totals, total)
-    return self._block_done(lid, pos, totals, total)
+  def _after_levels(self, ctx, maxc, total):
+    if total < maxc:
+      return (RES_TOTAL_ZEROS, ctx, maxc, total)
+    return self._block_done(ctx, total)
 
-  def _runs(self, lid, pos, totals, total, runs_left, zeros_left):
+  def _runs(self, ctx, maxc, total, runs_left, zeros_left):
     if runs_left and zeros_left:
-      return (RES_RUN, lid, pos, totals, total, runs_left, zeros_left)
-    return self._block_done(lid, pos, totals, total)
+      return (RES_RUN, ctx, maxc, total, runs_left, zeros_left)
+    return self._block_done(ctx, total)
 
-  def _block_done(self, lid, pos, totals, total):
-    if pos + 1 == len(BLOCK_LISTS[lid]):
-      return MB_DONE
-    totals = tuple(map(int.__mul__, totals + (total,), _NEEDED[lid][pos]))
-    return (RES_COEFF_TOKEN, lid, pos + 1, totals)
+  @staticmethod
+  def _block_done(ctx, total):
+    return (BLOCK_END_TAG, total) if ctx is None else block_done(ctx, total)
