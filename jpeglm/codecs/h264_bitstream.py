@@ -92,7 +92,7 @@ class Sps:
     return self.width_mbs * self.height_mbs
 
 
-def _skip_scaling_list(r: BitReader, size: int) -> None:
+def skip_scaling_list(r: BitReader, size: int) -> None:
   last, nxt = 8, 8
   for _ in range(size):
     if nxt:
@@ -114,7 +114,7 @@ def parse_sps(payload: bytes) -> Sps:
     if r.u(1):  # seq_scaling_matrix_present
       for k in range(8 if chroma != 3 else 12):
         if r.u(1):
-          _skip_scaling_list(r, 16 if k < 6 else 64)
+          skip_scaling_list(r, 16 if k < 6 else 64)
   log2_max_frame_num = r.ue() + 4
   poc_type = r.ue()
   log2_max_poc_lsb = 0

@@ -25,6 +25,7 @@ from jpeglm.codecs import h264_bitstream as h264
 from jpeglm.codecs import h264_params
 from jpeglm.codecs import h264_slice_header as sh
 from jpeglm.codecs.avc import AvcCodec
+from jpeglm.codecs.byte_grammar import ByteGrammar
 from jpeglm.codecs.errors import CodecError
 from jpeglm.codecs.h264_syntax import UNREAD, SliceSyntax
 
@@ -56,7 +57,8 @@ class _PieceTrie:
       self.ends[node].append(i)
 
 
-class AvcGrammar:
+class AvcGrammar(ByteGrammar):
+  DONE = DONE
   """Valid continuations of H.264 streams made by `codec`."""
 
   def __init__(self, codec: AvcCodec):
@@ -98,16 +100,6 @@ class AvcGrammar:
   def start(self) -> tuple:
     return (VERBATIM, 0, 0, (0, 0, None, (0, 0, -1)))
 
-  def is_complete(self, state) -> bool:
-    return state is not None and state[0] == DONE
-
-  def advance(self, state, data: bytes):
-    """The state after `data`, or None if `data` cannot continue a valid stream."""
-    for byte in data:
-      if state is None:
-        return None
-      state = self._step(state, byte)
-    return state
 
   # ---- the automaton ----------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from jpeglm.codecs.errors import CodecError
-from jpeglm.codecs.h264_bitstream import BitReader, rbsp
+from jpeglm.codecs.h264_bitstream import BitReader, rbsp, skip_scaling_list
 
 _HIGH_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}
 
@@ -68,14 +68,6 @@ class ParameterSets:
         raise CodecError(f"syntax-safe H.264 sampling does not support {what}")
 
 
-def _skip_scaling_list(r: BitReader, size: int) -> None:
-  last, nxt = 8, 8
-  for _ in range(size):
-    if nxt:
-      nxt = (last + r.se() + 256) % 256
-    last = nxt or last
-
-
 def _more_rbsp_data(data: bytes, bit_pos: int) -> bool:
   """Whether bits other than rbsp_trailing_bits follow `bit_pos` (7.2)."""
   value = int.from_bytes(data, "big")
@@ -100,7 +92,7 @@ def parse(sps_payload: bytes, pps_payload: bytes) -> ParameterSets:
     if r.u(1):
       for k in range(8 if chroma != 3 else 12):
         if r.u(1):
-          _skip_scaling_list(r, 16 if k < 6 else 64)
+          skip_scaling_list(r, 16 if k < 6 else 64)
   log2_max_frame_num = r.ue() + 4
   poc_type = r.ue()
   if poc_type == 0:

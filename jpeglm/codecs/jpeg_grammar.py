@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from jpeglm.codecs import jpeg_huffman, jpeg_stream
+from jpeglm.codecs.byte_grammar import ByteGrammar
 from jpeglm.codecs.errors import CodecError
 from jpeglm.codecs.jpeg import JpegCodec
 from jpeglm.codecs.jpeg_huffman import BLOCK_END, LAST_K, MAX_DC_SIZE, NEXT_K
@@ -46,7 +47,8 @@ class _Huffman:
         prefix: max(LAST_K[s] for s in symbols) for prefix, symbols in below.items()}
 
 
-class JpegGrammar:
+class JpegGrammar(ByteGrammar):
+  DONE = DONE
   """Valid continuations of streams made by `codec` (stripped tables or not)."""
 
   def __init__(self, codec: JpegCodec):
@@ -73,16 +75,6 @@ class JpegGrammar:
   def start(self) -> tuple:
     return (HEADER, 0, None)
 
-  def is_complete(self, state) -> bool:
-    return state is not None and state[0] == DONE
-
-  def advance(self, state, data: bytes):
-    """The state after `data`, or None if `data` cannot continue a valid stream."""
-    for byte in data:
-      if state is None:
-        return None
-      state = self._step(state, byte)
-    return state
 
   def allowed(self, state, pieces: Sequence[bytes]) -> np.ndarray:
     """Mask over tokens: which pieces (the bytes of each token id) keep the stream valid.

@@ -58,10 +58,16 @@ def pick_images(source: str, num_images: int, seed: int) -> list[str] | list[dic
   `wds:` / `parquet:` sources give {"name", "data"} items from their files in a seeded order."""
   if source.startswith(sources.STREAM_PREFIXES):
     return streaming.sample_items(source, "image", num_images, seed)
-  paths = media_files(source, "image")
-  if num_images > len(paths):
-    raise JpeglmError(f"--num-images {num_images}: {source} has only {len(paths)} images")
-  chosen = np.random.default_rng(seed).choice(len(paths), num_images, replace=False)
+  return pick_files(source, "image", num_images, seed)
+
+
+def pick_files(source: str, kind: str, count: int, seed: int) -> list[str]:
+  """`count` files of `kind` ("image" / "video") of a folder or builtin `source`: a random
+  choice fixed by `seed`, kept in listing order."""
+  paths = media_files(source, kind)
+  if count > len(paths):
+    raise JpeglmError(f"--num-images {count}: {source} has only {len(paths)} {kind}s")
+  chosen = np.random.default_rng(seed).choice(len(paths), count, replace=False)
   return [paths[i] for i in sorted(chosen)]
 
 

@@ -26,12 +26,11 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from data_pipeline.media_files import media_files
 from jpeglm.codecs import AvcCodec, make_codec
 from jpeglm.errors import ConfigError, JpeglmError
 from jpeglm.evaluation import avc_stream_parts
 from jpeglm.evaluation.bits_per_byte import bits_per_byte, token_bits
-from jpeglm.evaluation.protocol import SEED_STRIDE
+from jpeglm.evaluation.protocol import SEED_STRIDE, pick_files
 from jpeglm.evaluation.video_quality import continuation_scores
 from jpeglm.sampling import media, video_files
 from jpeglm.sampling.continuous import generate_all
@@ -46,11 +45,7 @@ NOTE = ("{n} clips: PSNR/SSIM of a few clips are noisy; the baseline repeats the
 
 def pick_videos(source: str, num_videos: int, seed: int) -> list[str]:
   """`num_videos` video files of `source`, a random choice fixed by `seed`, in listing order."""
-  paths = media_files(source, "video")
-  if num_videos > len(paths):
-    raise JpeglmError(f"--num-images {num_videos}: {source} has only {len(paths)} videos")
-  chosen = np.random.default_rng(seed).choice(len(paths), num_videos, replace=False)
-  return [paths[i] for i in sorted(chosen)]
+  return pick_files(source, "video", num_videos, seed)
 
 
 def _continue_clips(generator, tokenizer, codec: AvcCodec, streams: Sequence[bytes],

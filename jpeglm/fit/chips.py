@@ -88,9 +88,15 @@ def peak_flops(device_kind: str) -> float | None:
   peaks = dict(GPU_PEAK_FLOPS)
   for gen in TPUS.values():
     peaks.update({kind: gen.flops for kind in gen.device_kinds})
-  for name in sorted(peaks, key=len, reverse=True):  # "TPU v5 lite" before "TPU v5"
+  return _by_longest_prefix(peaks, device_kind)
+
+
+def _by_longest_prefix(table: dict[str, float], device_kind: str) -> float | None:
+  """The value of the longest key `device_kind` starts with ("TPU v5 lite" before "TPU v5",
+  "NVIDIA H100 PCIe" before "NVIDIA H100")."""
+  for name in sorted(table, key=len, reverse=True):
     if device_kind.startswith(name):
-      return peaks[name]
+      return table[name]
   return None
 
 
@@ -104,7 +110,4 @@ def hbm_bandwidth(chip: str) -> float | None:
   bandwidths = dict(GPU_HBM_BANDWIDTH)
   for tpu in TPUS.values():
     bandwidths.update({kind: tpu.hbm_bandwidth for kind in tpu.device_kinds})
-  for name in sorted(bandwidths, key=len, reverse=True):  # "NVIDIA H100 PCIe" before "NVIDIA H100"
-    if chip.startswith(name):
-      return bandwidths[name]
-  return None
+  return _by_longest_prefix(bandwidths, chip)
