@@ -73,16 +73,38 @@ def _row_item(value, path: str, row: int) -> dict:
   return {"name": name, "data": bytes(value)}
 
 
+# A unit of a file finer than the file: "PATH::row_group=K" (StreamDataset.share).
+ROW_GROUP = "::row_group="
+
+
+def split_unit(unit: str) -> tuple[str, int | None]:
+  """"PATH::row_group=K" -> (PATH, K); a plain path -> (path, None)."""
+  path, sep, group = unit.rpartition(ROW_GROUP)
+  return (path, int(group)) if sep else (unit, None)
+
+
 @dataclasses.dataclass(frozen=True)
 class ParquetReader:
-  """`(path, start) -> items` from row `start` on: `{"name", "data"}` per row, `{"name",
-  "error"}` for an empty row and for each row of a row group that cannot be read (rows are
-  counted from the footer, so positions stay the same whether a row group reads or not)."""
+  """`(unit, start) -> items` from row `start` of the unit on: `{"name", "data"}` per row,
+  `{"name", "error"}` for an empty row and for each row of a row group that cannot be read
+  (rows are counted from the footer, so positions stay the same whether a row group reads or
+  not). A unit is a file or one of its row groups (`units`); an item's name is
+  "FILE#ROW" with ROW counted in the file either way."""
 
   column: str
   kind: str  # "image" or "video"
 
-  def __call__(self, path: str, start: int = 0) -> Iterator[dict]:
+  def units(self, unit: str) -> list[str]:
+    """The file's row groups as units, to share one file among several readers."""
+    path, group = split_unit(unit)
+    if group is not None:
+      return [unit]
+    with remote_files.open_file(path) as f:
+      groups = pq.ParquetFile(f).metadata.num_row_groups
+    return [f"{path}{ROW_GROUP}{g}" for g in range(groups)] if groups > 1 else [path]
+
+  def __call__(self, unit: str, start: int = 0) -> Iterator[dict]:
+    path, only_group = split_unit(unit)
     try:
       f = remote_files.open_file(path)
       parquet = pq.ParquetFile(f)
@@ -93,10 +115,13 @@ class ParquetReader:
       yield {"name": path, "error": f"{path}: unreadable parquet file ({str(e).splitlines()[0]})"}
       return
     with f:
-      first_row = 0
+      first_row = 0  # in the file
+      given = 0  # rows of this unit before the current group
       for group in range(parquet.num_row_groups):
         rows = parquet.metadata.row_group(group).num_rows
-        if first_row + rows <= start:
+        mine = only_group is None or group == only_group
+        if not mine or given + rows <= start:
+          given += rows if mine else 0
           first_row += rows
           continue
         try:
@@ -107,13 +132,14 @@ class ParquetReader:
           reason = str(e).splitlines()[0] if str(e) else type(e).__name__
           reason = "".join(c if c.isprintable() else "?" for c in reason)  # thrift quotes bytes
           values = [RuntimeError(reason)] * rows
-        for row in range(max(start - first_row, 0), rows):
+        for row in range(max(start - given, 0), rows):
           value = values[row]
           if isinstance(value, Exception):
             name = f"{path}#{first_row + row}"
             yield {"name": name, "error": f"{name}: unreadable row group {group} ({value})"}
           else:
             yield _row_item(value, path, first_row + row)
+        given += rows
         first_row += rows
 
   def names(self, path: str) -> list[str]:

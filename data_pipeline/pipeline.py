@@ -134,18 +134,27 @@ def _stream_filter(config: ml_collections.ConfigDict, source: sources.Source, sp
 MAX_FILES_TO_COUNT = 256
 
 
-def describe_splits(config: ml_collections.ConfigDict) -> str:
-  """One line: how many items each split holds, and how the eval split was chosen."""
+@dataclasses.dataclass(frozen=True)
+class SplitSizes:
+  """How many items each split holds (None: a stream of too many files to count at start)."""
+  train: int | None
+  eval: int | None
+  line: str  # what the log says of it
+
+
+def split_sizes(config: ml_collections.ConfigDict) -> SplitSizes:
+  """Items per split, and one line saying so and how the eval split was chosen."""
   train, train_items = split_source(config, "train")
   eval_source, eval_items = split_source(config, "eval")
   if train.item_kind != sources.STREAM:
     how = ("data.eval_source" if config.data.eval_source
            else f"data.eval_fraction={config.data.eval_fraction} of the items")
-    return f"data: {len(train_items)} train items, {len(eval_items)} eval items ({how})"
+    return SplitSizes(len(train_items), len(eval_items),
+                      f"data: {len(train_items)} train items, {len(eval_items)} eval items ({how})")
   files = len(train.items) + (len(eval_source.items) if config.data.eval_source else 0)
   if files > MAX_FILES_TO_COUNT:
-    return (f"data: {files} stream files, items not counted at start-up (jpeglm prepare "
-            "counts them)")
+    return SplitSizes(None, None, f"data: {files} stream files, items not counted at start-up "
+                                  "(jpeglm prepare counts them)")
   if config.data.eval_source:
     counts = {"train": sum(len(train.reader.names(f)) for f in train.items),
               "eval": sum(len(eval_source.reader.names(f)) for f in eval_source.items)}
@@ -155,8 +164,9 @@ def describe_splits(config: ml_collections.ConfigDict) -> str:
                                     _stream_filter(config, train, "eval"))
     how = (f"held out by a seeded hash of each item's name, data.eval_fraction="
            f"{config.data.eval_fraction}")
-  return (f"data: {counts['train']} train items, {counts['eval']} eval items in "
-          f"{len(train.items)} file(s) of {train.spec} ({how})")
+  return SplitSizes(counts["train"], counts["eval"],
+                    f"data: {counts['train']} train items, {counts['eval']} eval items in "
+                    f"{len(train.items)} file(s) of {train.spec} ({how})")
 
 
 def encoded_documents(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer | None, *,

@@ -6,9 +6,10 @@ shard s: `files[s::num_shards]`, and Grain workers split those again), `cycle_le
 at once, taking items in turn, so that consecutive items come from different files. A window
 of `shuffle_buffer` items is then permuted by a seed derived from (seed, window number).
 
-Fewer files than readers (one parquet file, two workers) is no error: every reader then reads
-all the files and keeps every k-th item (`ItemFilter.stride`); slower, said once in the log,
-and it works. Held-out items, when the source has no split of its own, are chosen by a seeded
+Fewer files than readers (one parquet file, two workers) is no error. Parquet files are then
+shared as their row groups ("units", read alone); where there are still fewer units than
+readers (one tar shard, a one-group file), every reader reads them all and keeps every k-th
+item (`ItemFilter.stride`): slower, said once in the log, and it works. Held-out items, when the source has no split of its own, are chosen by a seeded
 hash of each item's name (relative to the source's folder), so the split is the same on every
 host, under any number of readers, and needs no second file.
 
@@ -226,11 +227,19 @@ class StreamDataset(grain.IterDataset):
     return list(self._files)
 
   def share(self, readers: int, index: int, who: str = "data workers") -> None:
-    """Keeps reader `index`'s share of `readers`: its files, round-robin, or, with fewer
-    files than readers, all of them and every `readers`-th item of each. Data shards
-    (processes) and then Grain workers share the same way."""
+    """Keeps reader `index`'s share of `readers`: its files, round-robin. With fewer files
+    than readers, files that split (parquet row groups) are shared as their parts; with still
+    fewer parts than readers, each reader reads them all and keeps every `readers`-th item.
+    Data shards (processes) and then Grain workers share the same way."""
     if readers <= 1:
       return
+    units = getattr(self._reader, "units", None)  # parquet: row groups
+    if len(self._files) < readers and units is not None:
+      finer = [u for f in self._files for u in units(f)]
+      if len(finer) > len(self._files) and index == 0:
+        log.info("%d file(s) for %d %s: shared as %d row groups", len(self._files), readers,
+                 who, len(finer))
+      self._files = finer
     if len(self._files) < readers:
       if index == 0:
         log.warning("%d file(s) for %d %s: each reads them all and keeps every %d-th item "

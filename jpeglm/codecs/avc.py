@@ -243,16 +243,24 @@ class AvcCodec:
   # ---- prompts ----------------------------------------------------------------------------
 
   def whole_frames(self, data: bytes) -> bytes:
-    """The stream cut after its last whole frame (every slice there, in order): a sample
-    that ran out of context mid-frame keeps the frames it finished."""
+    """A stream cut short (a sample that ran out of context) cut back to the end of its last
+    whole frame (every slice there, in order). Its final NAL unit is never trusted: the cut
+    may have fallen inside it, even where its first fields still parse. Anything after the
+    last whole frame (a cut slice, cut parameter sets) goes."""
     data = bytes(data)
+    nals = h264.split_nals(data)
+    if len(nals) > 1:
+      data = data[:nals[-1].start]
     info = self.describe(data)
+    frames = info["frames"]
     whole = 0
-    for frame in info["frames"]:
+    for frame in frames:
       if not (frame["mbs_in_order"] and frame["slices"] == info["mbs_per_frame"]):
         break
       whole += 1
-    return self.prefix(data, whole)
+    if whole:
+      return data[:frames[whole - 1]["end"]]
+    return data[:frames[0]["start"]] if frames else data
 
   def prefix(self, data: bytes, frames: int) -> bytes:
     """The stream up to (not including) frame `frames`: parameter sets and the first k frames."""

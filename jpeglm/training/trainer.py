@@ -188,7 +188,11 @@ def _set_up(config, workdir: str, is_main: bool) -> _Setup:
           f"in {workdir}: {sum(x.size for x in jax.tree.leaves(state['params'])):,} parameters, "
           f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es); attention "
           f"{model_cfg.attention_kernel}, remat {model_cfg.remat}, {model_cfg.dtype}")
-    print(pipeline.describe_splits(config), flush=True)
+    sizes = pipeline.split_sizes(config)
+    print(sizes.line, flush=True)
+    if sizes.eval == 0 and train.eval_every > 0:
+      raise JpeglmError(f"{sizes.line}: no items to evaluate on; raise data.eval_fraction, name "
+                        "data.eval_source, or set train.eval_every=0")
   return _Setup(mesh, tokenizer, checkpointer, built, state, start_step, batches)
 
 
