@@ -73,6 +73,7 @@ from jpeglm.codecs.jpeg_grammar import JpegGrammar  # noqa: E402
 from jpeglm.export import hf_layout  # noqa: E402
 from jpeglm.fit import chips, decode_bound  # noqa: E402
 from jpeglm.model.transformer import ModelConfig, Transformer  # noqa: E402
+from timed_grammar import TimedGrammar  # noqa: E402  (benchmarks/, this script's folder)
 from jpeglm.sampling.continuous import ContinuousBatcher  # noqa: E402
 from jpeglm.sampling.generate import Generator, SamplingSettings  # noqa: E402
 from jpeglm.tokenizer import ByteTokenizer  # noqa: E402
@@ -81,24 +82,6 @@ TOKENS_PER_IMAGE = decode_bound.TOKENS_PER_IMAGE
 # --continuous on this CPU unless given: a small model and context that run in a minute or two.
 CONTINUOUS_DEFAULTS = {"d_model": 128, "layers": 2, "max_len": 1024, "new_tokens": 256,
                        "batches": "8,32,128"}
-
-
-class TimedGrammar:
-  """A JpegGrammar that adds up the host seconds spent in it."""
-
-  def __init__(self, grammar: JpegGrammar):
-    self.grammar, self.seconds = grammar, 0.0
-
-  def __getattr__(self, name):
-    method = getattr(self.grammar, name)
-
-    def timed(*args):
-      started = time.perf_counter()
-      try:
-        return method(*args)
-      finally:
-        self.seconds += time.perf_counter() - started
-    return timed
 
 
 def _timed(fn) -> tuple[float, object]:
