@@ -90,7 +90,7 @@ def _timed(fn) -> tuple[float, object]:
   return time.perf_counter() - started, out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--d-model", type=int, default=None, help="default 256 (--continuous: 128)")
   parser.add_argument("--layers", type=int, default=None, help="default 4 (--continuous: 2)")
@@ -125,8 +125,11 @@ def main() -> None:
   for name, value in defaults.items():
     if getattr(args, name) is None:
       setattr(args, name, value)
-  n = args.new_tokens
+  return args
 
+
+def main() -> None:
+  args = parse_args()
   heads = args.d_model // args.head_dim
   cfg = dataclasses.replace(ModelConfig.from_config(get_config("size=small").model),
                             d_model=args.d_model, n_layers=args.layers, n_heads=heads,
@@ -144,57 +147,62 @@ def main() -> None:
   free = Generator(params, cfg, eos_id=-1, max_len=cfg.max_len, settings=settings)
   print(f"model: d {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
         f"vocab {cfg.vocab_size}, max_len {cfg.max_len}; prompt {len(prompt)} tokens (BOS + "
-        f"{args.prompt_ratio:.0%} of a 256x256 photo), {n} new tokens, {args.dtype}; jax "
+        f"{args.prompt_ratio:.0%} of a 256x256 photo), {args.new_tokens} new tokens, {args.dtype}; jax "
         f"{jax.__version__} on {jax.devices()[0].device_kind}; XLA_FLAGS="
         f"{os.environ.get('XLA_FLAGS', '')!r}")
   if args.continuous:
     continuous_vs_fixed(args, params, cfg, streams, tokenizer, prompt)
     return
-
-  free_seconds = {}  # batch -> seconds of free sampling, measured once
-  if not args.skip_pytorch:
-    import torch
-    import transformers
-    torch.set_num_threads(args.threads)
-    hf_config = transformers.LlamaConfig(**hf_layout.llama_config(cfg, 1, 2, args.dtype))
-    hf_model = transformers.LlamaForCausalLM(hf_config).eval()
-    weights = hf_layout.hf_state_dict(jax.device_get(params), cfg)
-    hf_model.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in
-                              weights.items()})
-    hf_model = hf_model.to(device=args.torch_device, dtype=getattr(torch, args.dtype))
-    print(f"vs torch {torch.__version__} on {args.torch_device} ({args.threads} threads), "
-          "transformers "
-          f"{transformers.__version__}, generate() with its default dynamic cache")
-    print(f"{'batch':>5s} {'ours tok/s':>11s} {'ours s/image':>13s} {'compile s':>10s} "
-          f"{'pytorch tok/s':>14s} {'speed-up':>9s}")
-    for batch in [int(b) for b in args.batches.split(",") if b]:
-      input_ids = torch.tensor([prompt] * batch, dtype=torch.long, device=args.torch_device)
-
-      def theirs(tokens):
-        with torch.inference_mode():
-          out = hf_model.generate(
-              input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True,
-              temperature=1.0, top_k=50, top_p=1.0, max_new_tokens=tokens,
-              min_new_tokens=tokens, eos_token_id=None, pad_token_id=0, use_cache=True)
-        assert out.shape[1] == len(prompt) + tokens
-        if args.torch_device != "cpu":
-          torch.cuda.synchronize()
-      compile_s = free.compile(batch, len(prompt), n)
-      ours, generations = _timed(lambda: free.generate([prompt] * batch, max_new_tokens=n))
-      assert all(len(g.tokens) == n for g in generations)
-      free_seconds[batch] = ours
-      ours_rate = batch * n / ours
-      print(f"{batch:5d} {ours_rate:11.1f} {TOKENS_PER_IMAGE / ours_rate:13.1f} "
-            f"{compile_s:10.1f}", end="", flush=True)
-      theirs(8)  # warm-up
-      pytorch, _ = _timed(lambda: theirs(n))
-      print(f" {batch * n / pytorch:14.1f} {pytorch / ours:8.2f}x", flush=True)
-    print("speed-up = PyTorch time / our time (above 1: ours faster). s/image: seconds per "
-          f"256x256 image ({TOKENS_PER_IMAGE} tokens) at that batch's throughput.")
-
+  free_seconds = {} if args.skip_pytorch else against_pytorch(args, params, cfg, prompt, free)
   safe_batches = [int(b) for b in args.safe_batches.split(",") if b]
   if safe_batches:
     safe_vs_free(args, params, cfg, codec, tokenizer, prompt, free, free_seconds, safe_batches)
+
+
+def against_pytorch(args, params, cfg, prompt, free) -> dict[int, float]:
+  """Free sampling against transformers' generate(); returns batch -> our seconds."""
+  import torch
+  import transformers
+
+  n = args.new_tokens
+  free_seconds = {}
+  torch.set_num_threads(args.threads)
+  hf_config = transformers.LlamaConfig(**hf_layout.llama_config(cfg, 1, 2, args.dtype))
+  hf_model = transformers.LlamaForCausalLM(hf_config).eval()
+  weights = hf_layout.hf_state_dict(jax.device_get(params), cfg)
+  hf_model.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in
+                            weights.items()})
+  hf_model = hf_model.to(device=args.torch_device, dtype=getattr(torch, args.dtype))
+  print(f"vs torch {torch.__version__} on {args.torch_device} ({args.threads} threads), "
+        "transformers "
+        f"{transformers.__version__}, generate() with its default dynamic cache")
+  print(f"{'batch':>5s} {'ours tok/s':>11s} {'ours s/image':>13s} {'compile s':>10s} "
+        f"{'pytorch tok/s':>14s} {'speed-up':>9s}")
+  for batch in [int(b) for b in args.batches.split(",") if b]:
+    input_ids = torch.tensor([prompt] * batch, dtype=torch.long, device=args.torch_device)
+
+    def theirs(tokens):
+      with torch.inference_mode():
+        out = hf_model.generate(
+            input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True,
+            temperature=1.0, top_k=50, top_p=1.0, max_new_tokens=tokens,
+            min_new_tokens=tokens, eos_token_id=None, pad_token_id=0, use_cache=True)
+      assert out.shape[1] == len(prompt) + tokens
+      if args.torch_device != "cpu":
+        torch.cuda.synchronize()
+    compile_s = free.compile(batch, len(prompt), n)
+    ours, generations = _timed(lambda: free.generate([prompt] * batch, max_new_tokens=n))
+    assert all(len(g.tokens) == n for g in generations)
+    free_seconds[batch] = ours
+    ours_rate = batch * n / ours
+    print(f"{batch:5d} {ours_rate:11.1f} {TOKENS_PER_IMAGE / ours_rate:13.1f} "
+          f"{compile_s:10.1f}", end="", flush=True)
+    theirs(8)  # warm-up
+    pytorch, _ = _timed(lambda: theirs(n))
+    print(f" {batch * n / pytorch:14.1f} {pytorch / ours:8.2f}x", flush=True)
+  print("speed-up = PyTorch time / our time (above 1: ours faster). s/image: seconds per "
+        f"256x256 image ({TOKENS_PER_IMAGE} tokens) at that batch's throughput.")
+  return free_seconds
 
 
 def safe_vs_free(args, params, cfg, codec, tokenizer, prompt, free, free_seconds, batches):
