@@ -95,12 +95,12 @@ class KVCache:
 
 
 def write_rows(cache_YxBxKxSxH: jax.Array, new_YxBxKxTxH: jax.Array, at_B: jax.Array,
-               row_loop: bool | None = None) -> jax.Array:
-  """`new` written at slot at_B[b] of each row b. As one scatter, or as a loop of one slice
-  update per row (`row_loop`; default: on CPU), which XLA:CPU does in place where it copied
-  the whole cache for the scatter (16 ms a step at 32 rows of 1,280 slots, against 0.7 ms)."""
-  if row_loop is None:
-    row_loop = jax.default_backend() == "cpu"
+               row_loop: bool = True) -> jax.Array:
+  """`new` written at slot at_B[b] of each row b: by default as a loop of one slice update per
+  row, which XLA does in place. The single scatter (`row_loop=False`) copies the cache: on CPU
+  16 ms a step at 32 rows of 1,280 slots against 0.7 ms, and compiled for TPU (v5p, the 1b at
+  12,288) it kept a copy of the device's cache in temporaries, 46x-2,000x the bytes of the loop
+  (benchmarks/aot_decode_tpu.py, docs/results.md). Not checked on a GPU."""
   if not row_loop:
     scatter = jax.vmap(lambda old, new, at: jax.lax.dynamic_update_slice_in_dim(old, new, at, 2),
                        in_axes=(1, 1, 0), out_axes=1)
