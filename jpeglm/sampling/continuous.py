@@ -11,7 +11,8 @@ then decoding resumes for every slot.
 Free sampling stays on the device: one `lax.while_loop` runs decode steps until a slot ends
 (or `sync_every` steps), and only then does the host read which slots ended and refill them.
 Syntax-safe sampling needs the host's grammar for every token, so the same scheduler runs one
-step per call, the next masks worked out while the device runs the model.
+step per call: with lazy masks (`Generator.lazy`) over each slot's top candidates, the grammar
+advanced while the device runs the model; otherwise the next full masks worked out meanwhile.
 
 Each prompt draws with its own keys (`jpeglm.sampling.keys`), so its tokens do not depend
 on its slot or its slot-mates: they equal those of `Generator.generate` on that prompt alone
@@ -190,6 +191,8 @@ class ContinuousBatcher:
         token_S = self._choose(slots.logits_SxV, ~slots.live_S, slots.keys_S, slots.steps_S,
                                jnp.ones(slots.logits_SxV.shape, bool))
         out = self._advance(g.params, slots, token_S, slots.live_S)
+        if g.lazy is not None:
+          out = g._top(out.logits_SxV)
     jax.block_until_ready(out)
     return time.perf_counter() - started
 
@@ -274,13 +277,19 @@ class ContinuousBatcher:
 
     for s in range(self.slots):
       slots = refill(slots, s)
+    lazy = g.lazy
     while any(jobs):
       live = np.array([job is not None for job in jobs])
-      allowed = np.stack([grammar.allowed(job.state, pieces) if job else only_eos
-                          for job in jobs])
+      if lazy is not None:  # the slots' candidates, refilled ones included
+        top = (np.asarray(x) for x in g._top(slots.logits_SxV))
+        allowed = lazy.masks(grammar, [job.state if job else None for job in jobs], ~live, *top)
+      else:
+        allowed = np.stack([grammar.allowed(job.state, pieces) if job else only_eos
+                            for job in jobs])
       token_S = self._choose(slots.logits_SxV, jnp.asarray(~live), slots.keys_S, slots.steps_S,
                              jnp.asarray(allowed))
-      # Dispatched before the host reads the tokens: the next masks are worked out meanwhile.
+      # Dispatched before the host reads the tokens: the grammar advances (and, without lazy
+      # masks, the next masks are worked out) meanwhile.
       slots = self._advance(g.params, slots, token_S, jnp.asarray(live))
       self.decode_steps += 1
       for s, t in enumerate(np.asarray(token_S)):

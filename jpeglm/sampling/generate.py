@@ -5,10 +5,12 @@ prompt's prefill uses the model's attention kernel, each decode step attends onl
 filled part of the cache. Two loops:
   - free sampling runs entirely on the device (`lax.while_loop`, stops when every row has
     emitted EOS or the context is full);
-  - syntax-safe sampling returns to the host after each token, where `JpegGrammar` works
-    out which tokens keep each row's stream decodable. Choosing a token and running it
-    through the model are two device calls, so the host computes the next mask while the
-    device runs the model.
+  - syntax-safe sampling returns to the host after each token, where the codec's grammar
+    (`JpegGrammar`, `AvcGrammar`) works out which tokens keep each row's stream decodable.
+    With top-k (or greedy) it asks only about each row's highest-logit candidates, which the
+    model's step returns with the logits (`jpeglm.sampling.lazy_masks`); the host advances
+    the grammar by the chosen tokens while the device runs the model. Otherwise it works out
+    the full mask over the vocabulary, the next one while the device runs the model.
 
 Prompts are left-padded to a common length, rounded up (`prefill_length`) so that prompts
 of nearby lengths share one compiled prefill and the prefill tiles the attention kernel.
@@ -32,6 +34,7 @@ from jpeglm.errors import JpeglmError
 from jpeglm.model.transformer import ModelConfig
 from jpeglm.sampling import inference_model
 from jpeglm.sampling.keys import prompt_keys, token_keys
+from jpeglm.sampling.lazy_masks import LazyMasks, candidate_count, top_candidates, valid_needed
 from jpeglm.sampling.next_token import choose_rows
 
 # Prompts are left-padded to a multiple of this (or of the splash blocks, when longer).
@@ -77,9 +80,13 @@ class Generator:
 
   def __init__(self, params: dict, cfg: ModelConfig, eos_id: int, max_len: int,
                settings: SamplingSettings, grammar=None, pieces: Sequence[bytes] | None = None,
-               banned: Sequence[int] = (), mesh: jax.sharding.Mesh | None = None):
+               banned: Sequence[int] = (), mesh: jax.sharding.Mesh | None = None,
+               lazy_masks: bool = True, candidates: int | None = None):
     """`banned`: ids never generated (unk and bos: neither stands for bytes). `mesh`: the
-    mesh the parameters are laid out on; the model's sharding rules then apply."""
+    mesh the parameters are laid out on; the model's sharding rules then apply.
+    `lazy_masks`: syntax-safe masks over each row's top `candidates` tokens (default
+    `lazy_masks.candidate_count`) where the settings allow; False: full masks always.
+    Both give the same tokens."""
     self.params = params
     base = np.ones(cfg.vocab_size, bool)
     base[list(banned)] = False
@@ -98,6 +105,14 @@ class Generator:
     self._choose = jax.jit(self._choose_impl)
     self._forward = jax.jit(self._forward_impl, donate_argnames=("cache",))
     self._run = jax.jit(self._run_impl, donate_argnames=("cache", "buffer"))
+    # Syntax-safe with top-k or greedy: masks over each row's top candidates only.
+    needed = valid_needed(settings.temperature, settings.top_k, cfg.vocab_size)
+    self.lazy = None
+    if grammar is not None and needed is not None and lazy_masks:
+      self.lazy = LazyMasks(self.pieces, eos_id, needed, base)
+      self._candidates = candidates or candidate_count(needed, cfg.vocab_size)
+      self._top = jax.jit(self._top_impl)
+      self._forward_top = jax.jit(self._forward_top_impl, donate_argnames=("cache",))
 
   def _mesh(self):
     return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
@@ -123,6 +138,15 @@ class Generator:
     """The token at the cache's next slot -> logits for the slot after it."""
     logits_Bx1xV, cache = inference_model.model(params, self.cfg)(token_B[:, None], cache=cache)
     return logits_Bx1xV[:, 0], cache
+
+  def _top_impl(self, logits_BxV):
+    """Each row's candidates for a lazy mask: (scaled logits [B, M], ids [B, M])."""
+    return top_candidates(logits_BxV, self._base_allowed_V, self.settings.temperature,
+                          self._candidates)
+
+  def _forward_top_impl(self, params, cache: KVCache, token_B):
+    logits_BxV, cache = self._forward_impl(params, cache, token_B)
+    return logits_BxV, cache, self._top_impl(logits_BxV)
 
   def _run_impl(self, params, cache, logits_BxV, keys_B, buffer, stop):
     def cond(carry):
@@ -178,7 +202,10 @@ class Generator:
       else:
         token_B = self._choose(logits_BxV, jnp.zeros((batch,), bool), keys_B, jnp.int32(0),
                                jnp.ones(logits_BxV.shape, bool))
-        out = self._forward(self.params, cache, token_B)
+        if self.lazy is None:
+          out = self._forward(self.params, cache, token_B)
+        else:
+          out = self._top(logits_BxV), self._forward_top(self.params, cache, token_B)
     jax.block_until_ready(out)
     return time.perf_counter() - started
 
@@ -220,13 +247,23 @@ class Generator:
     only_eos[self.eos_id] = True
     done = np.zeros(len(prompts), bool)
     rows = []
+    lazy = self.lazy
+    if lazy is not None:
+      top = self._top(logits_BxV)
     for step in range(new):
-      allowed = np.stack([only_eos if d or grammar.is_complete(s) else grammar.allowed(s, pieces)
-                          for s, d in zip(states, done)])
+      if lazy is not None:  # waits for the step's logits: the candidates come with them
+        allowed = lazy.masks(grammar, states, done, *(np.asarray(x) for x in top))
+      else:
+        allowed = np.stack([only_eos if d or grammar.is_complete(s) else grammar.allowed(s, pieces)
+                            for s, d in zip(states, done)])
       token_B = self._choose(logits_BxV, jnp.asarray(done), keys_B, jnp.int32(step),
                              jnp.asarray(allowed))
-      # Dispatched before the host reads the token: the next mask is worked out meanwhile.
-      logits_BxV, cache = self._forward(self.params, cache, token_B)
+      # Dispatched before the host reads the token: the grammar advances (and, without lazy
+      # masks, the next mask is worked out) while the device runs the model.
+      if lazy is not None:
+        logits_BxV, cache, top = self._forward_top(self.params, cache, token_B)
+      else:
+        logits_BxV, cache = self._forward(self.params, cache, token_B)
       token_B = np.asarray(token_B)
       rows.append(token_B)
       for b, t in enumerate(token_B):
