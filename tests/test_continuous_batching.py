@@ -75,6 +75,7 @@ def test_too_long_a_prompt_is_refused(free_sampler):
     ContinuousBatcher(free_sampler, slots=2).generate([[1] * 96])
 
 
+@pytest.mark.slow  # ~20 s; test_lazy_masks covers syntax-safe slots in the quick suite
 def test_syntax_safe_equals_each_prompt_alone(tokenizer_path):
   tokenizer = ByteTokenizer.load(tokenizer_path)
   cfg, _, params = tiny_model(max_len=1024)

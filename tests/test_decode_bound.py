@@ -68,3 +68,17 @@ def test_chip_bandwidths():
   assert chips.hbm_bandwidth("v5p") == chips.hbm_bandwidth("TPU v5") == 2765e9
   assert chips.hbm_bandwidth("TPU v5 lite") == 819e9
   assert chips.hbm_bandwidth("cpu") is None
+
+
+def test_protocol_estimate_at_a_measured_speed():
+  m = Shape()
+  at = decode_bound.protocol_estimate(m, tokens_per_s=1_000.0, batch=2, tokens_per_image=100,
+                                      bandwidth=100.0)
+  paper = decode_bound.Protocol(tokens_per_image=100)
+  assert at["generated_tokens"] == pytest.approx(5_000 * 3 * 150)  # 1.5 images' worth each
+  assert at["hours"] == pytest.approx(2_250_000 / 1_000 / 3600)
+  assert at["bound_share"] == pytest.approx(
+      1_000 / decode_bound.tokens_per_second_bound(m, 2, paper.mean_context(), 100.0))
+  assert at["floor_hours"] == pytest.approx(paper.floor_hours(m, 2, 100.0))
+  unknown = decode_bound.protocol_estimate(m, 1_000.0, 2, 100, bandwidth=None)
+  assert unknown["bound_share"] is None and unknown["hours"] == at["hours"]

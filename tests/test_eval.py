@@ -112,3 +112,8 @@ def test_eval_command_writes_results_and_prints_the_table(trained_run, tmp_path,
   assert sum(p["bits"] for p in parts.values()) / sum(p["bytes"] for p in parts.values()) == \
       pytest.approx(report["bits_per_byte"], rel=1e-4)
   assert "bits per image by part: header" in printed and "detailed mcus" in printed
+  estimate = report["paper_protocol"]  # the paper's 45,000 completions at this speed
+  assert estimate["num_images"] == 5_000 and estimate["bound_share"] is None  # a CPU
+  assert estimate["hours"] == pytest.approx(
+      estimate["generated_tokens"] / result["tokens_per_second"] / 3600)
+  assert f"{estimate['hours']:,.1f} h; no memory-bandwidth bound known" in printed

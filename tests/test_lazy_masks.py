@@ -81,8 +81,11 @@ def generators(case, settings: SamplingSettings, candidates=None):
 
 # (temperature, top-k, top-p), candidates M (None: the default; a few more than the top-k: a
 # row falls back to the full mask when over 2 candidates are invalid)
-SETTINGS = [((1.0, 8, 0.9), None), ((1.5, 20, 1.0), None), ((0.0, 0, 1.0), None),
-            ((1.0, 8, 0.9), 10)]
+# Two settings in the quick suite (the lazy path, and a forced fallback); the rest with
+# `make test-slow` (~10 s each on 2 cores).
+SETTINGS = [((1.0, 8, 0.9), None), ((1.0, 8, 0.9), 10),
+            pytest.param((1.5, 20, 1.0), None, marks=pytest.mark.slow),
+            pytest.param((0.0, 0, 1.0), None, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("case", ["jpeg_case", "avc_case"])
@@ -100,7 +103,7 @@ def test_lazy_masks_sample_the_tokens_full_masks_sample(case, settings, candidat
     assert lazy.lazy.full_rows > 0
 
 
-@pytest.mark.parametrize("case", ["jpeg_case", "avc_case"])
+@pytest.mark.parametrize("case", ["jpeg_case", pytest.param("avc_case", marks=pytest.mark.slow)])
 def test_continuous_batching_with_lazy_masks_equals_each_prompt_alone(case, request):
   case = request.getfixturevalue(case)
   lazy, full = generators(case, SamplingSettings(1.0, 8, 0.9))

@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Sequence
 
+import jax
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -35,6 +36,7 @@ from jpeglm.evaluation import fid as fid_lib
 from jpeglm.evaluation.bits_per_byte import bits_per_byte, token_bits
 from jpeglm.evaluation import stream_parts
 from jpeglm.evaluation.report import SMALL_SET_NOTE
+from jpeglm.fit import chips, decode_bound
 from jpeglm.sampling import media
 from jpeglm.sampling.continuous import generate_all
 from jpeglm.sampling.run import load_run, make_generator
@@ -149,6 +151,12 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict, images_source: str
         "tokens_per_second": tokens / max(sum(s["seconds"] for s in per_seed), 1e-9),
         "per_seed": per_seed})
 
+  tokens = sum(s["tokens_generated"] for r in results for s in r["per_seed"])
+  rate = tokens / max(sum(s["seconds"] for r in results for s in r["per_seed"]), 1e-9)
+  estimate = decode_bound.protocol_estimate(
+      config.model, rate, batch_size, float(np.mean([len(run.tokenizer.encode(s)) + 2
+                                                     for s in streams])),
+      chips.hbm_bandwidth(jax.devices()[0].device_kind))
   bits = token_bits(config, run.params, run.tokenizer, streams)  # one pass, two figures
   report = {
       "workdir": workdir, "step": run.step, "images": images_source,
@@ -156,7 +164,8 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict, images_source: str
       "codec_size": codec.size, "sample": dict(config.sample),
       "bits_per_byte": bits_per_byte(config, run.params, streams, run.tokenizer, bits=bits),
       "bits_by_part": stream_parts.bits_by_part(run.tokenizer, streams, bits),
-      "results": results, "note": SMALL_SET_NOTE.format(n=num_images),
+      "results": results, "paper_protocol": estimate,
+      "note": SMALL_SET_NOTE.format(n=num_images),
       "seconds": round(time.perf_counter() - began, 1)}
   with open(os.path.join(out, "eval.json"), "w") as f:
     json.dump(report, f, indent=2)

@@ -27,7 +27,24 @@ def format_table(report: dict) -> str:
       f"bits per byte on the whole images: {report['bits_per_byte']:.4f}; tokens/s is wall "
       "time of generation, compilation included",
       *_parts_line(report.get("bits_by_part")),
+      *_protocol_line(report.get("paper_protocol")),
       f"note: {report['note']}"])
+
+
+def _protocol_line(estimate: dict | None) -> list[str]:
+  """The paper's protocol at this run's sampling speed (jpeglm.fit.decode_bound)."""
+  if not estimate:
+    return []
+  line = (f"the paper's protocol ({estimate['num_images']:,} images x {len(estimate['ratios'])} "
+          f"ratios x {estimate['seeds']} seeds, {estimate['generated_tokens'] / 1e6:.1f}M tokens "
+          f"generated) at {estimate['tokens_per_second']:,.0f} tokens/s: "
+          f"{estimate['hours']:,.1f} h")
+  if estimate["bound_share"] is not None:
+    line += (f"; {estimate['bound_share']:.1%} of this chip's memory-bandwidth bound "
+             f"({estimate['floor_hours']:,.1f} h at the bound)")
+  else:
+    line += "; no memory-bandwidth bound known for this device"
+  return [line]
 
 
 def _parts_line(parts: dict | None) -> list[str]:

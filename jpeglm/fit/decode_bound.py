@@ -105,3 +105,19 @@ class Protocol:
   def floor_hours(self, model, batch: int, bandwidth: float) -> float:
     """Hours at the memory floor with `batch` rows decoding at the mean context."""
     return self.hours(tokens_per_second_bound(model, batch, self.mean_context(), bandwidth))
+
+
+def protocol_estimate(model, tokens_per_s: float, batch: int, tokens_per_image: float,
+                      bandwidth: float | None) -> dict:
+  """The paper's protocol at a measured sampling speed: its tokens and hours, and, where the
+  chip's bandwidth is known, the share of the floor reached and the hours at the floor."""
+  protocol = Protocol(tokens_per_image=max(1, round(tokens_per_image)))
+  out = {"num_images": protocol.num_images, "ratios": list(protocol.ratios),
+         "seeds": protocol.seeds, "tokens_per_image": protocol.tokens_per_image,
+         "generated_tokens": protocol.generated_tokens(), "tokens_per_second": tokens_per_s,
+         "hours": protocol.hours(tokens_per_s), "bound_share": None, "floor_hours": None}
+  if bandwidth:
+    out["bound_share"] = bandwidth_share(model, batch, protocol.mean_context(), tokens_per_s,
+                                         bandwidth)
+    out["floor_hours"] = protocol.floor_hours(model, batch, bandwidth)
+  return out
