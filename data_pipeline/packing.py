@@ -17,7 +17,7 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from jpeglm.training import batch_spec
+from data_pipeline import batch_spec
 
 PACKINGS = ("concat", "document")
 # Bins open at once in first-fit packing: more bins, less padding, more documents in flight.

@@ -17,7 +17,7 @@ import grain
 import numpy as np
 from array_record.python import array_record_module
 
-from jpeglm.config_io import read_json_file
+from jpeglm.runtime.files import read_json as read_json_file
 from jpeglm.errors import JpeglmError
 
 META_FILE = "meta.json"

@@ -11,7 +11,6 @@ rest of the code then reads keys directly, without fallbacks of its own.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -20,6 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jpeglm.errors import ConfigError
+from jpeglm.runtime.files import read_json as read_json_file
 
 OVERRIDE_PREFIX = "--config."
 
@@ -136,24 +136,6 @@ def save_config(config: ml_collections.ConfigDict, path: str) -> None:
   from jpeglm.runtime import files
   # Written whole: the other processes of a run read what process 0 writes.
   files.write_bytes(path, (config.to_json(indent=2, sort_keys=True) + "\n").encode())
-
-
-def read_json_file(path: str, kind: type = dict):
-  """A JSON file's content; a damaged file is a one-line ConfigError naming it."""
-  from jpeglm.runtime import files
-  try:
-    value = json.loads(files.read_bytes(path).decode("utf-8"))
-  except json.JSONDecodeError as e:
-    raise ConfigError(f"{path} is damaged: not JSON ({e.msg} at line {e.lineno}, column "
-                      f"{e.colno})") from None
-  except UnicodeDecodeError:
-    raise ConfigError(f"{path} is damaged: not UTF-8 text") from None
-  except OSError as e:
-    raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
-  if not isinstance(value, kind):
-    raise ConfigError(f"{path} is damaged: holds a JSON {type(value).__name__}, not an "
-                      f"{'object' if kind is dict else kind.__name__}")
-  return value
 
 
 # Sections every run config has (configs/jpeglm.py); a workdir's config.json without them is

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jpeglm.training import batch_spec
+from data_pipeline import batch_spec
 from jpeglm.training import goodput
 from jpeglm.model import sharding
 from jpeglm.training import step as train_step

@@ -280,7 +280,7 @@ def analytic_report(config: ml_collections.ConfigDict, topology: Topology | None
   temp = activation_estimate(config, mem.mesh) + grads
   b = config.train.global_batch
   rows = math.ceil(b / (mem.mesh["data"] * mem.mesh["fsdp"]))
-  from jpeglm.training import batch_spec
+  from data_pipeline import batch_spec
   batch = sum(math.prod(shape) * np.dtype(dtype).itemsize
               for shape, dtype in batch_spec.shapes(rows, config.data.seq_len).values())
   return FitReport(

@@ -11,6 +11,7 @@ is atomic, as a rename is on a local disk.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ import time
 
 import fsspec
 
-from jpeglm.errors import JpeglmError
+from jpeglm.errors import ConfigError, JpeglmError
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -134,3 +135,20 @@ class Mirror:
     self.sync()
     if self.remote:
       shutil.rmtree(self.local, ignore_errors=True)
+
+
+def read_json(path: str, kind: type = dict):
+  """A JSON file's content; a damaged file is a one-line ConfigError naming it."""
+  try:
+    value = json.loads(read_bytes(path).decode("utf-8"))
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"{path} is damaged: not JSON ({e.msg} at line {e.lineno}, column "
+                      f"{e.colno})") from None
+  except UnicodeDecodeError:
+    raise ConfigError(f"{path} is damaged: not UTF-8 text") from None
+  except OSError as e:
+    raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+  if not isinstance(value, kind):
+    raise ConfigError(f"{path} is damaged: holds a JSON {type(value).__name__}, not an "
+                      f"{'object' if kind is dict else kind.__name__}")
+  return value

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jpeglm.training import batch_spec
+from data_pipeline import batch_spec
 from jpeglm.training.losses import token_losses
 from jpeglm.training.stop_codes import STOP_DATA_FAILED
 
