@@ -18,6 +18,7 @@ from data_pipeline import bad_inputs, packing, sources, streaming, workers
 from data_pipeline.batch_iterator import BatchIterator
 from data_pipeline.document_encoding import DocumentEncoder
 from jpeglm.errors import JpeglmError
+from jpeglm.runtime import files as remote
 from jpeglm.tokenizer import ByteTokenizer
 
 # Evaluation data gets its own crop stream, never the training one.
@@ -152,7 +153,11 @@ def split_sizes(config: ml_collections.ConfigDict) -> SplitSizes:
     return SplitSizes(len(train_items), len(eval_items),
                       f"data: {len(train_items)} train items, {len(eval_items)} eval items ({how})")
   files = len(train.items) + (len(eval_source.items) if config.data.eval_source else 0)
-  if files > MAX_FILES_TO_COUNT:
+  # A tar's names are its headers, one read per member: too many requests from a bucket.
+  remote_tars = train.spec.startswith("wds:") and any(
+      remote.is_url(f) for f in [*train.items, *(eval_source.items if config.data.eval_source
+                                                  else [])])
+  if files > MAX_FILES_TO_COUNT or remote_tars:
     return SplitSizes(None, None, f"data: {files} stream files, items not counted at start-up "
                                   "(jpeglm prepare counts them)")
   if config.data.eval_source:

@@ -257,8 +257,6 @@ class ContinuousBatcher:
   def _run_safe(self, slots, prompts, seed, indices, limits, queue, results) -> None:
     g = self.generator
     grammar, pieces, eos = g.grammar, g.pieces, g.eos_id
-    only_eos = np.zeros(len(pieces), bool)
-    only_eos[eos] = True
     jobs: list[_Job | None] = [None] * self.slots
 
     def refill(slots, s):
@@ -277,15 +275,11 @@ class ContinuousBatcher:
 
     for s in range(self.slots):
       slots = refill(slots, s)
-    lazy = g.lazy
     while any(jobs):
       live = np.array([job is not None for job in jobs])
-      if lazy is not None:  # the slots' candidates, refilled ones included
-        top = (np.asarray(x) for x in g._top(slots.logits_SxV))
-        allowed = lazy.masks(grammar, [job.state if job else None for job in jobs], ~live, *top)
-      else:
-        allowed = np.stack([grammar.allowed(job.state, pieces) if job else only_eos
-                            for job in jobs])
+      # Lazy masks: the slots' candidates, refilled ones included.
+      top = g._top(slots.logits_SxV) if g.lazy is not None else None
+      allowed = g._masks([job.state if job else None for job in jobs], ~live, top)
       token_S = self._choose(slots.logits_SxV, jnp.asarray(~live), slots.keys_S, slots.steps_S,
                              jnp.asarray(allowed))
       # Dispatched before the host reads the tokens: the grammar advances (and, without lazy

@@ -105,6 +105,7 @@ class Generator:
     self._choose = jax.jit(self._choose_impl)
     self._forward = jax.jit(self._forward_impl, donate_argnames=("cache",))
     self._run = jax.jit(self._run_impl, donate_argnames=("cache", "buffer"))
+    self._only_eos = np.arange(cfg.vocab_size) == eos_id  # a finished row's mask
     # Syntax-safe with top-k or greedy: masks over each row's top candidates only.
     needed = valid_needed(settings.temperature, settings.top_k, cfg.vocab_size)
     self.lazy = None
@@ -238,24 +239,26 @@ class Generator:
                             ended, seconds))
     return out
 
+  def _masks(self, states, done, top) -> np.ndarray:
+    """[B, V] allowed tokens of rows in grammar `states` (None: an empty slot): over the
+    step's candidates `top` with lazy masks, else the grammar's full masks; EOS alone for a
+    row done, complete or empty."""
+    if self.lazy is not None:
+      return self.lazy.masks(self.grammar, states, done, *(np.asarray(x) for x in top))
+    return np.stack([self._only_eos if d or s is None or self.grammar.is_complete(s)
+                     else self.grammar.allowed(s, self.pieces) for s, d in zip(states, done)])
+
   def _generate_safe(self, prompts, cache, logits_BxV, keys_B, new):
     grammar, pieces = self.grammar, self.pieces
     states = [grammar.advance(grammar.start(), b"".join(pieces[t] for t in p)) for p in prompts]
     if any(s is None for s in states):
       raise ValueError("a prompt is not a valid beginning of this codec's stream")
-    only_eos = np.zeros(len(pieces), bool)
-    only_eos[self.eos_id] = True
     done = np.zeros(len(prompts), bool)
     rows = []
     lazy = self.lazy
-    if lazy is not None:
-      top = self._top(logits_BxV)
+    top = self._top(logits_BxV) if lazy is not None else None
     for step in range(new):
-      if lazy is not None:  # waits for the step's logits: the candidates come with them
-        allowed = lazy.masks(grammar, states, done, *(np.asarray(x) for x in top))
-      else:
-        allowed = np.stack([only_eos if d or grammar.is_complete(s) else grammar.allowed(s, pieces)
-                            for s, d in zip(states, done)])
+      allowed = self._masks(states, done, top)  # lazy: waits for the step's candidates
       token_B = self._choose(logits_BxV, jnp.asarray(done), keys_B, jnp.int32(step),
                              jnp.asarray(allowed))
       # Dispatched before the host reads the token: the grammar advances (and, without lazy
