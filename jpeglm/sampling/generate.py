@@ -33,6 +33,8 @@ from jpeglm.model.kv_cache import CHUNK, KVCache
 from jpeglm.errors import JpeglmError
 from jpeglm.model.transformer import ModelConfig
 from jpeglm.sampling import inference_model
+from jpeglm.sampling.host_draws import (HostDraws, draw_candidate_count, draw_candidates,
+                                        host_draws_apply)
 from jpeglm.sampling.keys import prompt_keys, token_keys
 from jpeglm.sampling.lazy_masks import LazyMasks, candidate_count, top_candidates, valid_needed
 from jpeglm.sampling.next_token import choose_rows
@@ -114,6 +116,14 @@ class Generator:
       self._candidates = candidates or candidate_count(needed, cfg.vocab_size)
       self._top = jax.jit(self._top_impl)
       self._forward_top = jax.jit(self._forward_top_impl, donate_argnames=("cache",))
+    # Fixed batches without top-p: the host makes each draw from the row's candidates.
+    self.draws = None
+    if grammar is not None and lazy_masks and host_draws_apply(settings.temperature,
+                                                               settings.top_p):
+      self.draws = HostDraws(self.pieces, needed, base)
+      self._draw_m = candidates or draw_candidate_count(needed, cfg.vocab_size)
+      self._draw = jax.jit(self._draw_impl)
+      self._forward_draw = jax.jit(self._forward_draw_impl, donate_argnames=("cache",))
 
   def _mesh(self):
     return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
@@ -148,6 +158,15 @@ class Generator:
   def _forward_top_impl(self, params, cache: KVCache, token_B):
     logits_BxV, cache = self._forward_impl(params, cache, token_B)
     return logits_BxV, cache, self._top_impl(logits_BxV)
+
+  def _draw_impl(self, logits_BxV, keys_B, step):
+    """Each row's candidates for a host draw of token number `step` (`host_draws`)."""
+    return draw_candidates(logits_BxV, self._base_allowed_V, keys_B, step,
+                           self.settings.temperature, self._draw_m)
+
+  def _forward_draw_impl(self, params, cache: KVCache, token_B, keys_B, step):
+    logits_BxV, cache = self._forward_impl(params, cache, token_B)
+    return logits_BxV, cache, self._draw_impl(logits_BxV, keys_B, step)
 
   def _run_impl(self, params, cache, logits_BxV, keys_B, buffer, stop):
     def cond(carry):
@@ -203,7 +222,10 @@ class Generator:
       else:
         token_B = self._choose(logits_BxV, jnp.zeros((batch,), bool), keys_B, jnp.int32(0),
                                jnp.ones(logits_BxV.shape, bool))
-        if self.lazy is None:
+        if self.draws is not None:
+          out = (self._draw(logits_BxV, keys_B, jnp.int32(0)),
+                 self._forward_draw(self.params, cache, token_B, keys_B, jnp.int32(1)))
+        elif self.lazy is None:
           out = self._forward(self.params, cache, token_B)
         else:
           out = self._top(logits_BxV), self._forward_top(self.params, cache, token_B)
@@ -253,6 +275,8 @@ class Generator:
     states = [grammar.advance(grammar.start(), b"".join(pieces[t] for t in p)) for p in prompts]
     if any(s is None for s in states):
       raise ValueError("a prompt is not a valid beginning of this codec's stream")
+    if self.draws is not None:
+      return self._generate_drawn(states, cache, logits_BxV, keys_B, new)
     done = np.zeros(len(prompts), bool)
     rows = []
     lazy = self.lazy
@@ -276,3 +300,40 @@ class Generator:
       if done.all():
         break
     return np.stack(rows, axis=1) if rows else np.zeros((len(prompts), 0), np.int32)
+
+  def _generate_drawn(self, states, cache, logits_BxV, keys_B, new):
+    """`_generate_safe` with host draws: one device call per token, the model's step and the
+    next draw's candidates; rows the candidates cannot settle draw on the device with their
+    full mask."""
+    grammar, pieces, eos, draws = self.grammar, self.pieces, self.eos_id, self.draws
+    done = np.zeros(len(states), bool)
+    rows = []
+    cands = self._draw(logits_BxV, keys_B, jnp.int32(0))
+    for step in range(new):
+      cands = {name: np.asarray(x) for name, x in cands.items()}  # waits for the device
+      token_B = np.full(len(states), eos, np.int32)
+      unsettled = []
+      for b, state in enumerate(states):
+        if done[b] or grammar.is_complete(state):
+          continue  # EOS, the only token left
+        picked = draws.pick(grammar, state, cands, b)
+        if picked is None:
+          unsettled.append(b)
+        else:
+          token_B[b], states[b] = picked
+      if unsettled:  # the device draws them with full masks, the others' tokens one-hot
+        allowed_BxV = np.arange(len(pieces))[None, :] == token_B[:, None]
+        for b in unsettled:
+          allowed_BxV[b] = grammar.allowed(states[b], pieces)
+        token_B = np.asarray(self._choose(logits_BxV, jnp.asarray(done), keys_B,
+                                          jnp.int32(step), jnp.asarray(allowed_BxV)))
+        for b in unsettled:
+          if token_B[b] != eos:
+            states[b] = grammar.advance(states[b], pieces[token_B[b]])
+      logits_BxV, cache, cands = self._forward_draw(self.params, cache, jnp.asarray(token_B),
+                                                    keys_B, jnp.int32(step + 1))
+      rows.append(token_B)
+      done |= token_B == eos
+      if done.all():
+        break
+    return np.stack(rows, axis=1) if rows else np.zeros((len(states), 0), np.int32)

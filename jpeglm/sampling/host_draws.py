@@ -1,0 +1,159 @@
+"""Syntax-safe draws made on the host: the token that the device's masked draw would pick,
+found by asking the grammar about as few tokens as the draw allows.
+
+`next_token.choose` samples with the Gumbel-max trick (`jax.random.categorical`): the token is
+the argmax of the filtered logits plus Gumbel noise drawn from the token's key. Under a
+grammar's mask with top-k, the filter keeps S, the valid tokens whose scaled logit reaches the
+k-th highest valid one (ties included). So the device returns for each row (`draw_candidates`)
+the M highest scores (scaled logit + that same noise) with, for each, its rank (how many
+tokens have a strictly higher scaled logit), and the M highest scaled logits with their
+scores. The host (`HostDraws.pick`) walks the scores in descending order:
+  - an invalid token is passed over;
+  - a valid token of rank below k is in S whatever else is valid: it is the draw;
+  - a valid token of higher rank may be out of S: then S itself is worked out over the
+    scaled-logit list (checking tokens in descending order until k are valid, and the ties
+    of the k-th), and the draw is S's highest score.
+Greedy is the same walk without noise and k = 1; with no top-k every valid token is in S, so
+the first valid score is the draw. A peaked model's draw is usually its first or second score:
+one or two grammar checks instead of the k valid tokens a mask over the candidates needs
+(`lazy_masks`). The walk gives up (None: the caller then masks with the full mask) where the M
+candidates cannot settle the draw: S reaching past the list, or a tie of scores at its edge.
+The token is the device's, bit for bit: tests compare it with full masks. Top-p needs every
+token of S's probability, so it keeps `lazy_masks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jpeglm.sampling.keys import token_keys
+from jpeglm.sampling.lazy_masks import MIN_CANDIDATES
+from jpeglm.sampling.next_token import NEG_INF
+
+
+def host_draws_apply(temperature: float, top_p: float) -> bool:
+  """Whether the host can make the draw: any temperature and top-k, no top-p."""
+  return temperature <= 0 or top_p >= 1
+
+
+def draw_candidate_count(needed: int | None, vocab: int) -> int:
+  """M: room for k valid tokens among invalid ones in the scaled-logit list."""
+  return min(vocab, max(4 * (needed or 0), 2 * MIN_CANDIDATES))
+
+
+def draw_candidates(logits_BxV: jax.Array, base_allowed_V: jax.Array, keys_B: jax.Array,
+                    steps_B: jax.Array, temperature: float, m: int) -> dict:
+  """Each row's candidates, as `choose_rows` would score them with keys (`keys_B`, `steps_B`):
+  score_ids/score_values [B, M] by descending score, rank [B, M] (tokens with a strictly higher
+  scaled logit; M when it may be more), logit_ids/logit_values/logit_scores [B, M] by
+  descending scaled logit."""
+  scaled_BxV = jnp.where(base_allowed_V, logits_BxV.astype(jnp.float32), NEG_INF)
+  if temperature > 0:
+    scaled_BxV = scaled_BxV / temperature
+    vocab = scaled_BxV.shape[-1]
+    # The noise `jax.random.categorical` adds for a [1, V] row (`next_token.choose`).
+    noise_BxV = jax.vmap(lambda key: jax.random.gumbel(key, (1, vocab), jnp.float32)[0])(
+        token_keys(keys_B, steps_B))
+    score_BxV = noise_BxV + scaled_BxV
+  else:
+    score_BxV = scaled_BxV
+  score_values_BxM, score_ids_BxM = jax.lax.top_k(score_BxV, m)
+  logit_values_BxM, logit_ids_BxM = jax.lax.top_k(scaled_BxV, m)
+  scaled_at_BxM = jnp.take_along_axis(scaled_BxV, score_ids_BxM, axis=-1)
+  rank_BxM = jnp.sum(logit_values_BxM[:, None, :] > scaled_at_BxM[:, :, None], axis=-1)
+  # Below the list's last value more tokens may be higher than the list holds.
+  rank_BxM = jnp.where(scaled_at_BxM < logit_values_BxM[:, -1:], m, rank_BxM)
+  return dict(score_ids=score_ids_BxM, score_values=score_values_BxM,
+              rank=rank_BxM.astype(jnp.int32), logit_ids=logit_ids_BxM,
+              logit_values=logit_values_BxM,
+              logit_scores=jnp.take_along_axis(score_BxV, logit_ids_BxM, axis=-1))
+
+
+class PrefixStates:
+  """A row's grammar state after each token checked this step, prefixes shared: `after(piece)`
+  is the state after `piece`, or None if it breaks the stream."""
+
+  def __init__(self, grammar, state):
+    self.grammar = grammar
+    self.states = {b"": state}
+
+  def after(self, piece: bytes):
+    states = self.states
+    nxt = states.get(piece, states)
+    if nxt is states:
+      before = self.after(piece[:-1])
+      nxt = states[piece] = (None if before is None
+                             else self.grammar.advance(before, piece[-1:]))
+    return nxt
+
+
+class HostDraws:
+  """Rows' syntax-safe draws from `draw_candidates`, made on the host where the candidates
+  settle them."""
+
+  def __init__(self, pieces: Sequence[bytes], needed: int | None, base_allowed_V: np.ndarray):
+    """`needed`: k of top-k, 1 when greedy, None without top-k (`lazy_masks.valid_needed`)."""
+    self.pieces = list(pieces)
+    self.needed = needed
+    self.usable = (np.asarray(base_allowed_V, bool)
+                   & np.array([bool(p) for p in self.pieces])).tolist()
+    self.host_rows = 0  # draws made here
+    self.full_rows = 0  # draws left to the full mask
+
+  def pick(self, grammar, state, cands: dict, b: int):
+    """(token, the state after it) of row `b` of host-side `cands`, or None where the
+    candidates cannot settle the draw."""
+    row = PrefixStates(grammar, state)
+    pieces, usable, k = self.pieces, self.usable, self.needed
+    ids = cands["score_ids"][b].tolist()
+    ranks = cands["rank"][b].tolist()
+    for j, t in enumerate(ids):
+      if not usable[t]:
+        continue
+      after = row.after(pieces[t])
+      if after is None:
+        continue
+      if k is None or ranks[j] < k:
+        return self._settled(t, after, cands["score_values"][b], j)
+      return self._from_logits(row, cands, b)
+    self.full_rows += 1
+    return None
+
+  def _settled(self, t: int, after, values_M: np.ndarray, j: int):
+    """The draw is `t`, the j-th score, unless the next score ties with it (the device's
+    argmax takes the lowest id) or is not in the list."""
+    if j + 1 >= len(values_M) or values_M[j + 1] == values_M[j]:
+      self.full_rows += 1
+      return None
+    self.host_rows += 1
+    return t, after
+
+  def _from_logits(self, row: PrefixStates, cands: dict, b: int):
+    """S worked out over the scaled-logit list; the draw is its highest score."""
+    pieces, usable, k = self.pieces, self.usable, self.needed
+    values = cands["logit_values"][b].tolist()
+    ids = cands["logit_ids"][b].tolist()
+    scores = cands["logit_scores"][b].tolist()
+    found, kth, best = 0, None, None
+    for value, t, score in zip(values, ids, scores):
+      if kth is not None and value < kth:
+        break
+      if not usable[t]:
+        continue
+      after = row.after(pieces[t])
+      if after is None:
+        continue
+      found += 1
+      if kth is None and found == k:
+        kth = value
+      if best is None or score > best[0] or (score == best[0] and t < best[1]):
+        best = (score, t, after)
+    else:  # the list ran out: S may reach past it
+      self.full_rows += 1
+      return None
+    self.host_rows += 1
+    return best[1], best[2]
