@@ -34,7 +34,7 @@ from jpeglm.errors import JpeglmError
 from jpeglm.model.transformer import ModelConfig
 from jpeglm.sampling import inference_model
 from jpeglm.sampling.host_draws import (HostDraws, draw_candidate_count, draw_candidates,
-                                        host_draws_apply)
+                                        host_draws_apply, unpack)
 from jpeglm.sampling.keys import prompt_keys, token_keys
 from jpeglm.sampling.lazy_masks import LazyMasks, candidate_count, top_candidates, valid_needed
 from jpeglm.sampling.next_token import choose_rows
@@ -310,7 +310,7 @@ class Generator:
     rows = []
     cands = self._draw(logits_BxV, keys_B, jnp.int32(0))
     for step in range(new):
-      cands = {name: np.asarray(x) for name, x in cands.items()}  # waits for the device
+      cands = unpack(*(np.asarray(x) for x in cands), self._draw_m)  # waits for the device
       token_B = np.full(len(states), eos, np.int32)
       unsettled = []
       for b, state in enumerate(states):

@@ -5,7 +5,7 @@ found by asking the grammar about as few tokens as the draw allows.
 the argmax of the filtered logits plus Gumbel noise drawn from the token's key. Under a
 grammar's mask with top-k, the filter keeps S, the valid tokens whose scaled logit reaches the
 k-th highest valid one (ties included). So the device returns for each row (`draw_candidates`)
-the M highest scores (scaled logit + that same noise) with, for each, its rank (how many
+its highest scores (scaled logit + that same noise) with, for each, its rank (how many
 tokens have a strictly higher scaled logit), and the M highest scaled logits with their
 scores. The host (`HostDraws.pick`) walks the scores in descending order:
   - an invalid token is passed over;
@@ -40,17 +40,21 @@ def host_draws_apply(temperature: float, top_p: float) -> bool:
   return temperature <= 0 or top_p >= 1
 
 
+SCORE_CANDIDATES = 32  # a peaked model's draw is among its first few scores
+
+
 def draw_candidate_count(needed: int | None, vocab: int) -> int:
-  """M: room for k valid tokens among invalid ones in the scaled-logit list."""
+  """M of the scaled-logit list: room for k valid tokens among invalid ones."""
   return min(vocab, max(4 * (needed or 0), 2 * MIN_CANDIDATES))
 
 
 def draw_candidates(logits_BxV: jax.Array, base_allowed_V: jax.Array, keys_B: jax.Array,
-                    steps_B: jax.Array, temperature: float, m: int) -> dict:
-  """Each row's candidates, as `choose_rows` would score them with keys (`keys_B`, `steps_B`):
-  score_ids/score_values [B, M] by descending score, rank [B, M] (tokens with a strictly higher
-  scaled logit; M when it may be more), logit_ids/logit_values/logit_scores [B, M] by
-  descending scaled logit."""
+                    steps_B: jax.Array, temperature: float, m: int,
+                    scores: int = SCORE_CANDIDATES) -> tuple[jax.Array, jax.Array]:
+  """Each row's candidates, as `choose_rows` would score them with keys (`keys_B`, `steps_B`),
+  packed in two arrays (one transfer each; `unpack` names them): the `scores` highest scores
+  (scaled logit + noise), their ids and ranks (tokens with a strictly higher scaled logit; m:
+  m or more), and the m highest scaled logits with their ids and scores."""
   scaled_BxV = jnp.where(base_allowed_V, logits_BxV.astype(jnp.float32), NEG_INF)
   if temperature > 0:
     scaled_BxV = scaled_BxV / temperature
@@ -61,16 +65,25 @@ def draw_candidates(logits_BxV: jax.Array, base_allowed_V: jax.Array, keys_B: ja
     score_BxV = noise_BxV + scaled_BxV
   else:
     score_BxV = scaled_BxV
-  score_values_BxM, score_ids_BxM = jax.lax.top_k(score_BxV, m)
+  scores = min(scores, m)
+  score_values_BxS, score_ids_BxS = jax.lax.top_k(score_BxV, scores)
   logit_values_BxM, logit_ids_BxM = jax.lax.top_k(scaled_BxV, m)
-  scaled_at_BxM = jnp.take_along_axis(scaled_BxV, score_ids_BxM, axis=-1)
-  rank_BxM = jnp.sum(logit_values_BxM[:, None, :] > scaled_at_BxM[:, :, None], axis=-1)
-  # Below the list's last value more tokens may be higher than the list holds.
-  rank_BxM = jnp.where(scaled_at_BxM < logit_values_BxM[:, -1:], m, rank_BxM)
-  return dict(score_ids=score_ids_BxM, score_values=score_values_BxM,
-              rank=rank_BxM.astype(jnp.int32), logit_ids=logit_ids_BxM,
-              logit_values=logit_values_BxM,
-              logit_scores=jnp.take_along_axis(score_BxV, logit_ids_BxM, axis=-1))
+  scaled_at_BxS = jnp.take_along_axis(scaled_BxV, score_ids_BxS, axis=-1)
+  # A full compare, not a search in the list: below its last value every one of the m is
+  # higher (rank m), and XLA:CPU sorts the vocabulary where a top_k is read at [:, -1:].
+  rank_BxS = jnp.sum(logit_values_BxM[:, None, :] > scaled_at_BxS[:, :, None], axis=-1)
+  logit_scores_BxM = jnp.take_along_axis(score_BxV, logit_ids_BxM, axis=-1)
+  ints = jnp.concatenate([score_ids_BxS, rank_BxS.astype(jnp.int32), logit_ids_BxM], axis=-1)
+  floats = jnp.concatenate([score_values_BxS, logit_values_BxM, logit_scores_BxM], axis=-1)
+  return ints, floats
+
+
+def unpack(ints_BxN: np.ndarray, floats_BxN: np.ndarray, m: int) -> dict:
+  """`draw_candidates`' two arrays, on the host, as named views."""
+  s = (ints_BxN.shape[1] - m) // 2  # the score list's length
+  return dict(score_ids=ints_BxN[:, :s], rank=ints_BxN[:, s:2 * s],
+              logit_ids=ints_BxN[:, 2 * s:], score_values=floats_BxN[:, :s],
+              logit_values=floats_BxN[:, s:s + m], logit_scores=floats_BxN[:, s + m:])
 
 
 class PrefixStates:
