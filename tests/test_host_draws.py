@@ -5,6 +5,7 @@ and H.264, greedy, with and without top-k, with and without falling back to full
 import numpy as np
 import pytest
 
+from jpeglm.sampling.continuous import ContinuousBatcher
 from jpeglm.sampling.generate import Generator, SamplingSettings
 from jpeglm.sampling.host_draws import HostDraws, PrefixStates, host_draws_apply
 from tests.test_lazy_masks import MAX_LEN, avc_case, jpeg_case  # noqa: F401 (fixtures)
@@ -41,6 +42,19 @@ def test_host_draws_sample_the_tokens_full_masks_sample(case, settings, candidat
   assert drawn.draws.host_rows > 0
   if candidates is not None:
     assert drawn.draws.full_rows > 0
+
+
+@pytest.mark.parametrize("case", ["jpeg_case", pytest.param("avc_case", marks=pytest.mark.slow)])
+def test_continuous_batching_with_host_draws_equals_each_prompt_alone(case, request):
+  case = request.getfixturevalue(case)
+  drawn, full = generators(case, SamplingSettings(1.0, 8, 1.0))
+  prompts = case[3] * 2
+  limits = [30, 12, 20, 25]
+  together = ContinuousBatcher(drawn, slots=2).generate(prompts, seed=2, max_new_tokens=limits)
+  alone = [full.generate([p], seed=2, max_new_tokens=n, indices=[i])[0]
+           for i, (p, n) in enumerate(zip(prompts, limits))]
+  assert [g.tokens for g in together] == [g.tokens for g in alone]
+  assert drawn.draws.host_rows > 0
 
 
 def test_host_draws_only_without_top_p():

@@ -80,12 +80,12 @@ def generators(case, settings: SamplingSettings, candidates=None):
 
 
 # (temperature, top-k, top-p), candidates M (None: the default; a few more than the top-k: a
-# row falls back to the full mask when over 2 candidates are invalid)
+# row falls back to the full mask when over 2 candidates are invalid). Lazy masks serve top-p
+# only: without it the host draws (tests/test_host_draws.py).
 # Two settings in the quick suite (the lazy path, and a forced fallback); the rest with
 # `make test-slow` (~10 s each on 2 cores).
 SETTINGS = [((1.0, 8, 0.9), None), ((1.0, 8, 0.9), 10),
-            pytest.param((1.5, 20, 1.0), None, marks=pytest.mark.slow),
-            pytest.param((0.0, 0, 1.0), None, marks=pytest.mark.slow)]
+            pytest.param((1.5, 20, 0.95), None, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("case", ["jpeg_case", "avc_case"])

@@ -11,8 +11,9 @@ then decoding resumes for every slot.
 Free sampling stays on the device: one `lax.while_loop` runs decode steps until a slot ends
 (or `sync_every` steps), and only then does the host read which slots ended and refill them.
 Syntax-safe sampling needs the host's grammar for every token, so the same scheduler runs one
-step per call: with lazy masks (`Generator.lazy`) over each slot's top candidates, the grammar
-advanced while the device runs the model; otherwise the next full masks worked out meanwhile.
+step per call: without top-p the host draws each slot's token from its candidates
+(`Generator.draws`, `jpeglm.sampling.host_draws`); with top-p, lazy masks over each slot's top
+candidates (`Generator.lazy`), the grammar advanced while the device runs the model.
 
 Each prompt draws with its own keys (`jpeglm.sampling.keys`), so its tokens do not depend
 on its slot or its slot-mates: they equal those of `Generator.generate` on that prompt alone
@@ -191,7 +192,9 @@ class ContinuousBatcher:
         token_S = self._choose(slots.logits_SxV, ~slots.live_S, slots.keys_S, slots.steps_S,
                                jnp.ones(slots.logits_SxV.shape, bool))
         out = self._advance(g.params, slots, token_S, slots.live_S)
-        if g.lazy is not None:
+        if g.draws is not None:
+          out = g._draw(out.logits_SxV, out.keys_S, out.steps_S)
+        elif g.lazy is not None:
           out = g._top(out.logits_SxV)
     jax.block_until_ready(out)
     return time.perf_counter() - started
@@ -277,11 +280,16 @@ class ContinuousBatcher:
       slots = refill(slots, s)
     while any(jobs):
       live = np.array([job is not None for job in jobs])
-      # Lazy masks: the slots' candidates, refilled ones included.
-      top = g._top(slots.logits_SxV) if g.lazy is not None else None
-      allowed = g._masks([job.state if job else None for job in jobs], ~live, top)
-      token_S = self._choose(slots.logits_SxV, jnp.asarray(~live), slots.keys_S, slots.steps_S,
-                             jnp.asarray(allowed))
+      states = [job.state if job else None for job in jobs]
+      if g.draws is not None:  # drawn on the host, the states advanced with them
+        cands = g._draw(slots.logits_SxV, slots.keys_S, slots.steps_S)
+        token_S = jnp.asarray(g._drawn_tokens(states, ~live, cands, slots.logits_SxV,
+                                              slots.keys_S, slots.steps_S))
+      else:  # lazy masks: the slots' candidates, refilled ones included
+        top = g._top(slots.logits_SxV) if g.lazy is not None else None
+        allowed = g._masks(states, ~live, top)
+        token_S = self._choose(slots.logits_SxV, jnp.asarray(~live), slots.keys_S,
+                               slots.steps_S, jnp.asarray(allowed))
       # Dispatched before the host reads the tokens: the grammar advances (and, without lazy
       # masks, the next masks are worked out) meanwhile.
       slots = self._advance(g.params, slots, token_S, jnp.asarray(live))
@@ -291,7 +299,9 @@ class ContinuousBatcher:
         if job is None:
           continue
         job.tokens.append(int(t))
-        if t != eos:
+        if g.draws is not None:
+          job.state = states[s]
+        elif t != eos:
           job.state = grammar.advance(job.state, pieces[t])
         done = t == eos or len(job.tokens) >= job.limit
         if not done and grammar.is_complete(job.state):

@@ -7,10 +7,12 @@ filled part of the cache. Two loops:
     emitted EOS or the context is full);
   - syntax-safe sampling returns to the host after each token, where the codec's grammar
     (`JpegGrammar`, `AvcGrammar`) works out which tokens keep each row's stream decodable.
-    With top-k (or greedy) it asks only about each row's highest-logit candidates, which the
-    model's step returns with the logits (`jpeglm.sampling.lazy_masks`); the host advances
-    the grammar by the chosen tokens while the device runs the model. Otherwise it works out
-    the full mask over the vocabulary, the next one while the device runs the model.
+    Without top-p the host makes the draw itself from each row's candidates, which the
+    model's step returns (`jpeglm.sampling.host_draws`): one device call per token, and
+    usually a grammar check or two per row. With top-p and top-k it asks only about each
+    row's highest-logit candidates (`jpeglm.sampling.lazy_masks`); otherwise it works out
+    the full mask over the vocabulary, the next one while the device runs the model. All
+    three give the same tokens.
 
 Prompts are left-padded to a common length, rounded up (`prefill_length`) so that prompts
 of nearby lengths share one compiled prefill and the prefill tiles the attention kernel.
@@ -303,37 +305,45 @@ class Generator:
 
   def _generate_drawn(self, states, cache, logits_BxV, keys_B, new):
     """`_generate_safe` with host draws: one device call per token, the model's step and the
-    next draw's candidates; rows the candidates cannot settle draw on the device with their
-    full mask."""
-    grammar, pieces, eos, draws = self.grammar, self.pieces, self.eos_id, self.draws
+    next draw's candidates."""
     done = np.zeros(len(states), bool)
     rows = []
     cands = self._draw(logits_BxV, keys_B, jnp.int32(0))
     for step in range(new):
-      cands = unpack(*(np.asarray(x) for x in cands), self._draw_m)  # waits for the device
-      token_B = np.full(len(states), eos, np.int32)
-      unsettled = []
-      for b, state in enumerate(states):
-        if done[b] or grammar.is_complete(state):
-          continue  # EOS, the only token left
-        picked = draws.pick(grammar, state, cands, b)
-        if picked is None:
-          unsettled.append(b)
-        else:
-          token_B[b], states[b] = picked
-      if unsettled:  # the device draws them with full masks, the others' tokens one-hot
-        allowed_BxV = np.arange(len(pieces))[None, :] == token_B[:, None]
-        for b in unsettled:
-          allowed_BxV[b] = grammar.allowed(states[b], pieces)
-        token_B = np.asarray(self._choose(logits_BxV, jnp.asarray(done), keys_B,
-                                          jnp.int32(step), jnp.asarray(allowed_BxV)))
-        for b in unsettled:
-          if token_B[b] != eos:
-            states[b] = grammar.advance(states[b], pieces[token_B[b]])
+      token_B = self._drawn_tokens(states, done, cands, logits_BxV, keys_B, jnp.int32(step))
       logits_BxV, cache, cands = self._forward_draw(self.params, cache, jnp.asarray(token_B),
                                                     keys_B, jnp.int32(step + 1))
       rows.append(token_B)
-      done |= token_B == eos
+      done |= token_B == self.eos_id
       if done.all():
         break
     return np.stack(rows, axis=1) if rows else np.zeros((len(states), 0), np.int32)
+
+  def _drawn_tokens(self, states: list, done: np.ndarray, cands, logits_BxV, keys_B,
+                    steps_B) -> np.ndarray:
+    """Tokens [B] of one syntax-safe step drawn on the host from `cands` (`_draw`'s), and
+    `states` advanced by them in place (None: an empty slot, done). Rows the candidates
+    cannot settle draw on the device with their full mask (the others' tokens one-hot), with
+    keys (`keys_B`, `steps_B`). Done, complete and empty rows: EOS."""
+    grammar, pieces, eos = self.grammar, self.pieces, self.eos_id
+    cands = unpack(*(np.asarray(x) for x in cands), self._draw_m)  # waits for the device
+    token_B = np.full(len(states), eos, np.int32)
+    unsettled = []
+    for b, state in enumerate(states):
+      if done[b] or state is None or grammar.is_complete(state):
+        continue  # EOS, the only token left
+      picked = self.draws.pick(grammar, state, cands, b)
+      if picked is None:
+        unsettled.append(b)
+      else:
+        token_B[b], states[b] = picked
+    if unsettled:
+      allowed_BxV = np.arange(len(pieces))[None, :] == token_B[:, None]
+      for b in unsettled:
+        allowed_BxV[b] = grammar.allowed(states[b], pieces)
+      token_B = np.asarray(self._choose(logits_BxV, jnp.asarray(done), keys_B, steps_B,
+                                        jnp.asarray(allowed_BxV)))
+      for b in unsettled:
+        if token_B[b] != eos:
+          states[b] = grammar.advance(states[b], pieces[token_B[b]])
+    return token_B

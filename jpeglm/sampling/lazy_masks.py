@@ -1,5 +1,8 @@
 """Syntax-safe masks worked out lazily: only over the tokens the sampling filters can keep.
 
+`Generator` uses them with top-p; without it, `host_draws` makes the draw itself with fewer
+grammar checks.
+
 With top-k, a draw only looks at the k highest-logit tokens that the grammar allows (top-p
 and temperature then act on those alone; greedy looks at the highest one). So the device
 returns each row's M highest logits, scaled as `next_token.filter_logits` scales them
