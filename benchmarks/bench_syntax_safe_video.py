@@ -21,9 +21,12 @@ not timed.
 
 (a) cost: wall seconds per token (per row and decode step: a batch's step count is its longest
 row's) of syntax-safe over free, cold grammar; then, at the config's own setting, a second
-syntax-safe batch (seed 1: new samples) through the same, now warm, grammar. "grammar ms/step"
-is the host's time inside the grammar per step, which the loop overlaps with the device's step
-(jpeglm/sampling/generate.py, `_generate_safe`).
+syntax-safe batch (seed 1: new samples) through the same, now warm, grammar. "host ms/step"
+is the host's part of each step (benchmarks/timed_grammar.py): with host draws (no top-p:
+every setting here) the draws, their grammar checks and any full-mask fallback, from the
+moment the step's candidates reach the host; the device waits meanwhile
+(jpeglm/sampling/host_draws.py). "host draws": the share of row-steps the candidates settled
+(the rest drew with the full mask).
 (b) validity, as `jpeglm sample` judges it (jpeglm.sampling.video_files): a syntax-safe sample
 cut short by the context is cut back to its whole frames (`sample_stream`); "clean" = every
 token stands for bytes and PyAV decodes the stream completely with zero FFmpeg error lines
@@ -46,11 +49,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from configs.jpeglm import get_config  # noqa: E402
+from configs.jpeglm import MODEL_SIZES, get_config  # noqa: E402
 from data_pipeline.media_files import builtin_videos  # noqa: E402
 from jpeglm.codecs import AvcCodec, make_codec  # noqa: E402
 from jpeglm.model.transformer import ModelConfig, Transformer  # noqa: E402
-from timed_grammar import TimedGrammar  # noqa: E402  (benchmarks/, this script's folder)
+from timed_grammar import host_timer  # noqa: E402  (benchmarks/, this script's folder)
 from jpeglm.sampling import video_files  # noqa: E402
 from jpeglm.sampling.run import build_generator, load_run  # noqa: E402
 from jpeglm.tokenizer import ByteTokenizer  # noqa: E402
@@ -103,23 +106,36 @@ def judge(codec: AvcCodec, tokenizer: ByteTokenizer, g, syntax_safe: bool,
 
 
 def run_batch(generator, codec, tokenizer, prompts, seed: int, new: int,
-              prompt_frames: int) -> Batch:
-  grammar = generator.grammar
-  if grammar is not None:
-    grammar.seconds = 0.0
+              prompt_frames: int, timer=None) -> Batch:
+  """`timer` (`host_timer`'s, syntax-safe only): the host's seconds."""
+  if timer is not None:
+    timer.seconds = 0.0
   started = time.perf_counter()
   generations = generator.generate(prompts, seed=seed, max_new_tokens=new)
   seconds = time.perf_counter() - started
-  judged = [judge(codec, tokenizer, g, grammar is not None, prompt_frames) for g in generations]
+  safe = generator.grammar is not None
+  judged = [judge(codec, tokenizer, g, safe, prompt_frames) for g in generations]
   return Batch(seconds, max(len(g.tokens) for g in generations), len(prompts),
-               grammar.seconds if grammar is not None else 0.0,
+               timer.seconds if timer is not None else 0.0,
                sum(j[0] for j in judged), sum(j[1] for j in judged), [j[2] for j in judged],
                sum(g.ended_with_eos for g in generations), [j[3] for j in judged if j[3]])
 
 
+def drawn_share(generator) -> str:
+  """Host draws' share of row-steps so far, e.g. "93%" ("-" without host draws)."""
+  d = generator.draws
+  if d is None or not d.host_rows + d.full_rows:
+    return "-"
+  return f"{100 * d.host_rows / (d.host_rows + d.full_rows):.0f}%"
+
+
 def random_model(args):
-  """The tiny AVC config at --max-len, random weights, a BPE of the built-in clips."""
+  """The tiny AVC config at --max-len, random weights, a BPE of the built-in clips; the
+  model's dimensions those of --model-size."""
   config = get_config("size=tiny,codec=avc")
+  d_model, n_layers, n_heads, n_kv_heads, d_ff = MODEL_SIZES[args.model_size]
+  config.model.update(d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                      n_kv_heads=n_kv_heads, d_ff=d_ff)
   codec = make_codec(config.codec)
   streams = [codec.encode(p) for p in builtin_videos()]
   tokenizer = ByteTokenizer.train(streams, config.tokenizer.vocab_size,
@@ -128,7 +144,7 @@ def random_model(args):
   config.model.max_len = args.max_len
   cfg = ModelConfig.from_config(config.model)
   params = nnx.to_pure_dict(nnx.split(Transformer(cfg, nnx.Rngs(0)))[1])
-  return config, params, tokenizer, None, "random weights"
+  return config, params, tokenizer, None, f"random weights ({args.model_size} dimensions)"
 
 
 def trained_model(args):
@@ -148,6 +164,12 @@ def main() -> None:
   parser.add_argument("--samples", type=int, default=4, help="rows per batch")
   parser.add_argument("--max-new-tokens", type=int, default=1536)
   parser.add_argument("--max-len", type=int, default=4096, help="the model's context")
+  parser.add_argument("--lazy-masks", action="store_true",
+                      help="syntax-safe through lazy masks instead of host draws (the same "
+                      "tokens; the cost before host draws), top-k settings only")
+  parser.add_argument("--model-size", default="tiny", choices=("tiny", "small"),
+                      help="dimensions of the random model (configs/jpeglm.py MODEL_SIZES); the "
+                      "clips stay the tiny config's")
   parser.add_argument("--temperatures", default="0.5,1,1.5,1:0",
                       help="T or T:top-k (0: no top-k), comma-separated")
   parser.add_argument("--prompt-frames", type=int, default=1)
@@ -173,7 +195,7 @@ def main() -> None:
         f"{jax.devices()[0].device_kind}; load average "
         f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
   print(f"{'T':>4s} {'top-k':>5s} | {'free ms/tok':>11s} {'safe ms/tok':>11s} {'safe/free':>9s} "
-        f"{'grammar ms/step':>15s} | {'free clean':>10s} {'free valid':>10s} | "
+        f"{'host ms/step':>12s} {'host draws':>10s} | {'free clean':>10s} {'free valid':>10s} | "
         f"{'safe clean':>10s} {'safe valid':>10s} {'frames added':>12s} "
         f"{'EOS':>4s} {'compile s':>9s}")
   warm_line, failures = None, []
@@ -182,24 +204,27 @@ def main() -> None:
     setting.sample.temperature, setting.sample.top_k = temperature, top_k
     free = build_generator(params, setting, tokenizer, codec, False, mesh)
     safe = build_generator(params, setting, tokenizer, codec, True, mesh)
-    safe.grammar = TimedGrammar(safe.grammar)  # a fresh AvcGrammar: cold
+    if args.lazy_masks:
+      safe.draws = None  # the masks over each row's candidates instead (Generator.lazy)
+    timer = host_timer(safe)  # a fresh AvcGrammar: cold
     compile_s = free.compile(len(prompts), len(prompt), new)
     compile_s += safe.compile(len(prompts), len(prompt), new)
     f = run_batch(free, codec, tokenizer, prompts, args.seed, new, args.prompt_frames)
-    s = run_batch(safe, codec, tokenizer, prompts, args.seed, new, args.prompt_frames)
+    s = run_batch(safe, codec, tokenizer, prompts, args.seed, new, args.prompt_frames, timer)
     n = args.samples
     print(f"{temperature:4.1f} {top_k:5d} | {f.ms_per_token:11.3f} {s.ms_per_token:11.3f} "
           f"{s.ms_per_token / f.ms_per_token:8.2f}x "
-          f"{s.grammar_seconds / max(s.steps, 1) * 1e3:15.2f} | {f.clean:6d}/{n:<3d} "
+          f"{s.grammar_seconds / max(s.steps, 1) * 1e3:12.2f} {drawn_share(safe):10s} | {f.clean:6d}/{n:<3d} "
           f"{f.valid:6d}/{n:<3d} | {s.clean:6d}/{n:<3d} "
           f"{s.valid:6d}/{n:<3d} {','.join(map(str, s.frames_added)):>12s} "
           f"{s.ended_with_eos:4d} {compile_s:9.1f}", flush=True)
     failures += [f"T {temperature} top-k {top_k}: {why}" for why in s.failures]
     if (temperature, top_k) == own and warm_line is None:
-      w = run_batch(safe, codec, tokenizer, prompts, args.seed + 1, new, args.prompt_frames)
+      w = run_batch(safe, codec, tokenizer, prompts, args.seed + 1, new, args.prompt_frames,
+                    timer)
       warm_line = (f"warm grammar (T {temperature}, top-k {top_k}; the same AvcGrammar's second "
                    f"batch, seed {args.seed + 1}): safe {w.ms_per_token:.3f} ms/token, "
-                   f"{w.ms_per_token / f.ms_per_token:.2f}x free, grammar "
+                   f"{w.ms_per_token / f.ms_per_token:.2f}x free, host "
                    f"{w.grammar_seconds / max(w.steps, 1) * 1e3:.2f} ms/step; clean "
                    f"{w.clean}/{n}, valid "
                    f"{w.valid}/{n}, frames added {','.join(map(str, w.frames_added))}")

@@ -308,11 +308,12 @@ class Generator:
     next draw's candidates."""
     done = np.zeros(len(states), bool)
     rows = []
-    cands = self._draw(logits_BxV, keys_B, jnp.int32(0))
+    # numpy arguments: jit takes them on its fast path (jnp.asarray is a dispatch of its own)
+    cands = self._draw(logits_BxV, keys_B, np.int32(0))
     for step in range(new):
-      token_B = self._drawn_tokens(states, done, cands, logits_BxV, keys_B, jnp.int32(step))
-      logits_BxV, cache, cands = self._forward_draw(self.params, cache, jnp.asarray(token_B),
-                                                    keys_B, jnp.int32(step + 1))
+      token_B = self._drawn_tokens(states, done, cands, logits_BxV, keys_B, np.int32(step))
+      logits_BxV, cache, cands = self._forward_draw(self.params, cache, token_B, keys_B,
+                                                    np.int32(step + 1))
       rows.append(token_B)
       done |= token_B == self.eos_id
       if done.all():
@@ -341,8 +342,7 @@ class Generator:
       allowed_BxV = np.arange(len(pieces))[None, :] == token_B[:, None]
       for b in unsettled:
         allowed_BxV[b] = grammar.allowed(states[b], pieces)
-      token_B = np.asarray(self._choose(logits_BxV, jnp.asarray(done), keys_B, steps_B,
-                                        jnp.asarray(allowed_BxV)))
+      token_B = np.asarray(self._choose(logits_BxV, done, keys_B, steps_B, allowed_BxV))
       for b in unsettled:
         if token_B[b] != eos:
           states[b] = grammar.advance(states[b], pieces[token_B[b]])

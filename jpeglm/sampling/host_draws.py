@@ -44,8 +44,11 @@ SCORE_CANDIDATES = 32  # a peaked model's draw is among its first few scores
 
 
 def draw_candidate_count(needed: int | None, vocab: int) -> int:
-  """M of the scaled-logit list: room for k valid tokens among invalid ones."""
-  return min(vocab, max(4 * (needed or 0), 2 * MIN_CANDIDATES))
+  """M of the scaled-logit list: room for k valid tokens among invalid ones (no top-k: the
+  list is not read)."""
+  if needed is None:
+    return min(vocab, SCORE_CANDIDATES)
+  return min(vocab, max(4 * needed, 2 * MIN_CANDIDATES))
 
 
 def draw_candidates(logits_BxV: jax.Array, base_allowed_V: jax.Array, keys_B: jax.Array,
