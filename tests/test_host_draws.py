@@ -69,9 +69,9 @@ def fake_cands(score_ids, scores, ranks, logit_ids, logit_values, logit_scores):
 
 
 class EvenBytes:
-  """A toy grammar: any even byte is valid."""
-  def advance(self, state, data):
-    return None if any(b % 2 for b in data) else state + len(data)
+  """A toy grammar: any even byte is valid; the state counts bytes."""
+  def step(self, state, byte):
+    return None if byte % 2 else state + 1
 
 
 PIECES = [bytes([i]) for i in range(8)]
@@ -108,9 +108,9 @@ def test_a_tie_with_the_next_score_goes_to_the_full_mask():
 def test_prefix_states_step_shared_prefixes_once():
   class Counting(EvenBytes):
     calls = 0
-    def advance(self, state, data):
+    def step(self, state, byte):
       self.calls += 1
-      return super().advance(state, data)
+      return super().step(state, byte)
   grammar = Counting()
   row = PrefixStates(grammar, 0)
   assert row.after(b"\x02\x04\x06") == 3

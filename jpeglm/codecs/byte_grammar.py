@@ -1,6 +1,6 @@
 """What the syntax-safe sampler asks of a codec's grammar (JPEG, H.264): a byte automaton.
 
-A subclass gives `start()`, `_step(state, byte)` (the state after one byte, or None when the
+A subclass gives `start()`, `step(state, byte)` (the state after one byte, or None when the
 byte cannot continue a stream that decodes), `allowed(state, pieces)` (a mask over the
 tokenizer's pieces) and `DONE`, the mode of a finished stream: states are tuples whose
 first field is the mode.
@@ -21,5 +21,5 @@ class ByteGrammar:
     for byte in data:
       if state is None:
         return None
-      state = self._step(state, byte)
+      state = self.step(state, byte)
     return state

@@ -83,6 +83,7 @@ class AvcGrammar(ByteGrammar):
     self.num_frames = codec.num_frames
     self.mbs_per_frame = self.ps.mbs_per_frame
     self.syntax = SliceSyntax(self.ps)
+    self._tables = self.syntax.tables  # its byte steps per local position, read in `step`
     self._escapable: dict = {}
     self._trie, self._trie_of = None, None
     self._masks: dict = {}
@@ -103,10 +104,17 @@ class AvcGrammar(ByteGrammar):
 
   # ---- the automaton ----------------------------------------------------------------------
 
-  def _step(self, state, byte: int):
+  def step(self, state, byte: int):
     mode = state[0]
     if mode == SLICE:
       _, g, position, zeros, escaped = state
+      if zeros < 2 and not escaped:  # most bytes: a memoised step inside the slice
+        table = self._tables.get(position[1])
+        if table is not None:
+          r = table[byte]
+          if r is not None and r is not UNREAD and r[0] is not None and r[1] is None and (
+              not r[2]):
+            return (SLICE, g, (position[0], r[0]), zeros + 1 if byte == 0 else 0, False)
       result = self._slice_byte(position, zeros, escaped, byte)
       if result is None:
         return None
@@ -210,7 +218,7 @@ class AvcGrammar(ByteGrammar):
       while stack:
         at, s = stack.pop()
         for byte, child in trie.children[at].items():
-          nxt = self._step(s, byte)
+          nxt = self.step(s, byte)
           if nxt is not None:
             mask[trie.ends[child]] = True
             stack.append((child, nxt))

@@ -105,7 +105,7 @@ class JpegGrammar(ByteGrammar):
 
   # ---- the automaton ----------------------------------------------------------------------
 
-  def _step(self, state, byte: int):
+  def step(self, state, byte: int):
     mode, position, local = state
     if mode == HEADER:
       if byte != self.header_bytes[position]:

@@ -94,7 +94,7 @@ class PrefixStates:
   is the state after `piece`, or None if it breaks the stream."""
 
   def __init__(self, grammar, state):
-    self.grammar = grammar
+    self.step = grammar.step
     self.states = {b"": state}
 
   def after(self, piece: bytes):
@@ -102,8 +102,7 @@ class PrefixStates:
     nxt = states.get(piece, states)
     if nxt is states:
       before = self.after(piece[:-1])
-      nxt = states[piece] = (None if before is None
-                             else self.grammar.advance(before, piece[-1:]))
+      nxt = states[piece] = None if before is None else self.step(before, piece[-1])
     return nxt
 
 
