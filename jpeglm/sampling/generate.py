@@ -35,7 +35,7 @@ from jpeglm.model.kv_cache import CHUNK, KVCache
 from jpeglm.errors import JpeglmError
 from jpeglm.model.transformer import ModelConfig
 from jpeglm.sampling import inference_model
-from jpeglm.sampling.host_draws import (HostDraws, draw_candidate_count, draw_candidates,
+from jpeglm.sampling.host_draws import (HostDraws, draw_candidates, draw_list_sizes,
                                         host_draws_apply, unpack)
 from jpeglm.sampling.keys import prompt_keys, token_keys
 from jpeglm.sampling.lazy_masks import LazyMasks, candidate_count, top_candidates, valid_needed
@@ -123,7 +123,7 @@ class Generator:
     if grammar is not None and lazy_masks and host_draws_apply(settings.temperature,
                                                                settings.top_p):
       self.draws = HostDraws(self.pieces, needed, base)
-      self._draw_m = candidates or draw_candidate_count(needed, cfg.vocab_size)
+      self._draw_scores, self._draw_m = draw_list_sizes(needed, cfg.vocab_size, candidates)
       self._draw = jax.jit(self._draw_impl)
       self._forward_draw = jax.jit(self._forward_draw_impl, donate_argnames=("cache",))
 
@@ -164,7 +164,7 @@ class Generator:
   def _draw_impl(self, logits_BxV, keys_B, step):
     """Each row's candidates for a host draw of token number `step` (`host_draws`)."""
     return draw_candidates(logits_BxV, self._base_allowed_V, keys_B, step,
-                           self.settings.temperature, self._draw_m)
+                           self.settings.temperature, self._draw_scores, self._draw_m)
 
   def _forward_draw_impl(self, params, cache: KVCache, token_B, keys_B, step):
     logits_BxV, cache = self._forward_impl(params, cache, token_B)

@@ -10,14 +10,16 @@ tokens have a strictly higher scaled logit), and the M highest scaled logits wit
 scores. The host (`HostDraws.pick`) walks the scores in descending order:
   - an invalid token is passed over;
   - a valid token of rank below k is in S whatever else is valid: it is the draw;
-  - a valid token of higher rank may be out of S: then S itself is worked out over the
-    scaled-logit list (checking tokens in descending order until k are valid, and the ties
-    of the k-th), and the draw is S's highest score.
+  - a valid token of higher rank may be out of S (as may every token when no score is
+    valid): then S itself is worked out over the scaled-logit list (checking tokens in
+    descending order until k are valid, and the ties of the k-th), and the draw is S's
+    highest score.
 Greedy is the same walk without noise and k = 1; with no top-k every valid token is in S, so
-the first valid score is the draw. A peaked model's draw is usually its first or second score:
-one or two grammar checks instead of the k valid tokens a mask over the candidates needs
-(`lazy_masks`). The walk gives up (None: the caller then masks with the full mask) where the M
-candidates cannot settle the draw: S reaching past the list, or a tie of scores at its edge.
+the first valid score is the draw (a longer score list, no scaled-logit list). A peaked
+model's draw is usually its first or second score: one or two grammar checks instead of the
+k valid tokens a mask over the candidates needs (`lazy_masks`). The walk gives up (None: the
+caller then masks with the full mask) where the lists cannot settle the draw: S reaching past
+the scaled-logit list, no valid score without top-k, or a tie of scores at the list's edge.
 The token is the device's, bit for bit: tests compare it with full masks. Top-p needs every
 token of S's probability, so it keeps `lazy_masks`.
 """
@@ -40,20 +42,24 @@ def host_draws_apply(temperature: float, top_p: float) -> bool:
   return temperature <= 0 or top_p >= 1
 
 
-SCORE_CANDIDATES = 32  # a peaked model's draw is among its first few scores
+SCORE_CANDIDATES = 32  # with top-k: a peaked model's draw is among its first few scores
+ONLY_SCORES = 128  # without top-k the scores alone settle a draw: the first valid one
 
 
-def draw_candidate_count(needed: int | None, vocab: int) -> int:
-  """M of the scaled-logit list: room for k valid tokens among invalid ones (no top-k: the
-  list is not read)."""
+def draw_list_sizes(needed: int | None, vocab: int,
+                    candidates: int | None = None) -> tuple[int, int]:
+  """(scores, m): the lengths of the score list and of the scaled-logit list, room for k
+  valid tokens among invalid ones (`candidates`: m, or the scores without top-k). Without
+  top-k the scaled-logit list is not read: length 1."""
   if needed is None:
-    return min(vocab, SCORE_CANDIDATES)
-  return min(vocab, max(4 * needed, 2 * MIN_CANDIDATES))
+    return min(vocab, candidates or ONLY_SCORES), 1
+  m = min(vocab, candidates or max(4 * needed, 2 * MIN_CANDIDATES))
+  return min(SCORE_CANDIDATES, m), m
 
 
 def draw_candidates(logits_BxV: jax.Array, base_allowed_V: jax.Array, keys_B: jax.Array,
-                    steps_B: jax.Array, temperature: float, m: int,
-                    scores: int = SCORE_CANDIDATES) -> tuple[jax.Array, jax.Array]:
+                    steps_B: jax.Array, temperature: float, scores: int,
+                    m: int) -> tuple[jax.Array, jax.Array]:
   """Each row's candidates, as `choose_rows` would score them with keys (`keys_B`, `steps_B`),
   packed in two arrays (one transfer each; `unpack` names them): the `scores` highest scores
   (scaled logit + noise), their ids and ranks (tokens with a strictly higher scaled logit; m:
@@ -68,7 +74,6 @@ def draw_candidates(logits_BxV: jax.Array, base_allowed_V: jax.Array, keys_B: ja
     score_BxV = noise_BxV + scaled_BxV
   else:
     score_BxV = scaled_BxV
-  scores = min(scores, m)
   score_values_BxS, score_ids_BxS = jax.lax.top_k(score_BxV, scores)
   logit_values_BxM, logit_ids_BxM = jax.lax.top_k(scaled_BxV, m)
   scaled_at_BxS = jnp.take_along_axis(scaled_BxV, score_ids_BxS, axis=-1)
@@ -134,6 +139,8 @@ class HostDraws:
         continue
       if k is None or ranks[j] < k:
         return self._settled(t, after, cands["score_values"][b], j)
+      return self._from_logits(row, cands, b)
+    if k is not None:  # no valid score: S may still lie in the scaled-logit list
       return self._from_logits(row, cands, b)
     self.full_rows += 1
     return None
