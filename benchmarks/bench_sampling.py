@@ -19,8 +19,8 @@ generate() first. Each figure is one run: timings on this shared CPU vary by +-2
 ratios within a run.
 
 Syntax-safe sampling (`JpegGrammar`, a tokenizer trained on the built-in photos) runs on the
-same model and prompts; it stops a row at EOS once the image is complete. The grammar's host
-time per step is measured separately.
+same model and prompts; it stops a row at EOS once the image is complete. Its host part per
+step (the host draws, `jpeglm.sampling.host_draws`) is measured separately.
 
 `--continuous` instead compares fixed batches with continuous batching
 (`jpeglm.sampling.continuous`) at each batch size, on prompts whose rows end at different
@@ -73,7 +73,7 @@ from jpeglm.codecs.jpeg_grammar import JpegGrammar  # noqa: E402
 from jpeglm.export import hf_layout  # noqa: E402
 from jpeglm.fit import chips, decode_bound  # noqa: E402
 from jpeglm.model.transformer import ModelConfig, Transformer  # noqa: E402
-from timed_grammar import TimedGrammar  # noqa: E402  (benchmarks/, this script's folder)
+from timed_grammar import host_timer  # noqa: E402  (benchmarks/, this script's folder)
 from jpeglm.sampling.continuous import ContinuousBatcher  # noqa: E402
 from jpeglm.sampling.generate import Generator, SamplingSettings  # noqa: E402
 from jpeglm.tokenizer import ByteTokenizer  # noqa: E402
@@ -208,18 +208,18 @@ def against_pytorch(args, params, cfg, prompt, free) -> dict[int, float]:
 def safe_vs_free(args, params, cfg, codec, tokenizer, prompt, free, free_seconds, batches):
   n = args.new_tokens
   pieces = [tokenizer.piece_bytes(i) for i in range(tokenizer.vocab_size)]
-  grammar = TimedGrammar(JpegGrammar(codec))
   safe = Generator(params, cfg, eos_id=tokenizer.eos_id, max_len=cfg.max_len,
-                   settings=free.settings, grammar=grammar, pieces=pieces)
+                   settings=free.settings, grammar=JpegGrammar(codec), pieces=pieces)
+  timer = host_timer(safe)  # host draws (no top-p): each step's host part
   print(f"\nsyntax-safe vs free sampling, same model and prompt, up to {n} new tokens")
   print(f"{'batch':>5s} {'free tok/s':>11s} {'safe tok/s':>11s} {'safe/free':>10s} "
-        f"{'grammar ms/step':>16s} {'complete':>9s}")
+        f"{'host ms/step':>16s} {'complete':>9s}")
   for batch in batches:
     safe.compile(batch, len(prompt), n)
     if batch not in free_seconds:
       free.compile(batch, len(prompt), n)
       free_seconds[batch], _ = _timed(lambda: free.generate([prompt] * batch, max_new_tokens=n))
-    grammar.seconds = 0.0
+    timer.seconds = 0.0
     safe_s, generations = _timed(lambda: safe.generate([prompt] * batch, max_new_tokens=n))
     steps = max(len(g.tokens) for g in generations)
     tokens = sum(len(g.tokens) for g in generations)
@@ -227,7 +227,7 @@ def safe_vs_free(args, params, cfg, codec, tokenizer, prompt, free, free_seconds
                    for g in generations)
     free_rate, safe_rate = batch * n / free_seconds[batch], tokens / safe_s
     print(f"{batch:5d} {free_rate:11.1f} {safe_rate:11.1f} {free_rate / safe_rate:9.2f}x "
-          f"{grammar.seconds / steps * 1e3:16.2f} {complete:5d}/{batch}", flush=True)
+          f"{timer.seconds / steps * 1e3:16.2f} {complete:5d}/{batch}", flush=True)
   print("safe/free = cost of a syntax-safe token over a free one (goal: at most 1.5x). "
         "complete: rows whose image finished (EOS) and decodes completely.")
 

@@ -88,9 +88,11 @@ class Generator:
                lazy_masks: bool = True, candidates: int | None = None):
     """`banned`: ids never generated (unk and bos: neither stands for bytes). `mesh`: the
     mesh the parameters are laid out on; the model's sharding rules then apply.
-    `lazy_masks`: syntax-safe masks over each row's top `candidates` tokens (default
-    `lazy_masks.candidate_count`) where the settings allow; False: full masks always.
-    Both give the same tokens."""
+    `lazy_masks`: syntax-safe draws from each row's candidates where the settings allow:
+    made on the host without top-p (`host_draws`; `candidates`: the length of its lists,
+    default `host_draws.draw_list_sizes`), else masks over the top `candidates` tokens
+    (default `lazy_masks.candidate_count`); False: full masks always. All give the same
+    tokens."""
     self.params = params
     base = np.ones(cfg.vocab_size, bool)
     base[list(banned)] = False
@@ -118,7 +120,8 @@ class Generator:
       self._candidates = candidates or candidate_count(needed, cfg.vocab_size)
       self._top = jax.jit(self._top_impl)
       self._forward_top = jax.jit(self._forward_top_impl, donate_argnames=("cache",))
-    # Fixed batches without top-p: the host makes each draw from the row's candidates.
+    # Without top-p the host makes each draw from the row's candidates (fixed batches and
+    # continuous batching alike).
     self.draws = None
     if grammar is not None and lazy_masks and host_draws_apply(settings.temperature,
                                                                settings.top_p):
