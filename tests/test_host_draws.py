@@ -23,14 +23,18 @@ def generators(case, settings: SamplingSettings, candidates=None):
   return made
 
 
-# (temperature, top-k, top-p), candidates M (None: the default; 12 with top-k 8: S often
+SLOW = pytest.mark.slow  # ~4 s each on 2 cores: `make test-slow`
+# case, (temperature, top-k, top-p), candidates (None: the default; 12 with top-k 8: S often
 # reaches past the list, and those rows fall back to the full mask)
-SETTINGS = [((1.0, 8, 1.0), None), ((1.0, 8, 1.0), 12), ((1.3, 0, 1.0), None),
-            ((0.0, 0, 1.0), None)]
+SETTINGS = [("jpeg_case", (1.0, 8, 1.0), None), ("avc_case", (1.0, 8, 1.0), None),
+            ("avc_case", (1.0, 8, 1.0), 12), ("jpeg_case", (1.3, 0, 1.0), None),
+            pytest.param("jpeg_case", (1.0, 8, 1.0), 12, marks=SLOW),
+            pytest.param("avc_case", (1.3, 0, 1.0), None, marks=SLOW),
+            pytest.param("jpeg_case", (0.0, 0, 1.0), None, marks=SLOW),
+            pytest.param("avc_case", (0.0, 0, 1.0), None, marks=SLOW)]
 
 
-@pytest.mark.parametrize("case", ["jpeg_case", "avc_case"])
-@pytest.mark.parametrize("settings,candidates", SETTINGS)
+@pytest.mark.parametrize("case,settings,candidates", SETTINGS)
 def test_host_draws_sample_the_tokens_full_masks_sample(case, settings, candidates, request):
   case = request.getfixturevalue(case)
   drawn, full = generators(case, SamplingSettings(*settings), candidates)
