@@ -7,7 +7,8 @@ import pytest
 
 from jpeglm.sampling.continuous import ContinuousBatcher
 from jpeglm.sampling.generate import Generator, SamplingSettings
-from jpeglm.sampling.host_draws import HostDraws, PrefixStates, host_draws_apply
+from jpeglm.sampling.host_draws import (HostDraws, PrefixStates, draw_list_sizes,
+                                        host_draws_apply)
 from tests.test_lazy_masks import MAX_LEN, avc_case, jpeg_case  # noqa: F401 (fixtures)
 from tests.test_sampling import tiny_model
 
@@ -59,6 +60,12 @@ def test_continuous_batching_with_host_draws_equals_each_prompt_alone(case, requ
            for i, (p, n) in enumerate(zip(prompts, limits))]
   assert [g.tokens for g in together] == [g.tokens for g in alone]
   assert drawn.draws.host_rows > 0
+
+
+def test_the_logit_list_holds_the_top_k_whatever_the_candidates_asked():
+  assert draw_list_sizes(50, 1024) == (32, 200)
+  assert draw_list_sizes(50, 1024, candidates=10) == (32, 50)  # ranks below k stay true
+  assert draw_list_sizes(None, 1024) == (128, 1)  # no top-k: the scores alone
 
 
 def test_host_draws_only_without_top_p():

@@ -53,7 +53,8 @@ def draw_list_sizes(needed: int | None, vocab: int,
   top-k the scaled-logit list is not read: length 1."""
   if needed is None:
     return min(vocab, candidates or ONLY_SCORES), 1
-  m = min(vocab, candidates or max(4 * needed, 2 * MIN_CANDIDATES))
+  # At least k: a rank below k is then a true one (the k highest logits are all listed).
+  m = min(vocab, max(candidates or max(4 * needed, 2 * MIN_CANDIDATES), needed))
   return min(SCORE_CANDIDATES, m), m
 
 
