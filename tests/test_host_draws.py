@@ -5,10 +5,10 @@ and H.264, greedy, with and without top-k, with and without falling back to full
 import numpy as np
 import pytest
 
-from jpeglm.sampling.continuous import ContinuousBatcher
 from jpeglm.sampling.generate import Generator, SamplingSettings
 from jpeglm.sampling.host_draws import (HostDraws, PrefixStates, draw_list_sizes,
                                         host_draws_apply)
+from tests.sampler_checks import assert_continuous_equals_alone, assert_same_tokens
 from tests.test_lazy_masks import MAX_LEN, avc_case, jpeg_case  # noqa: F401 (fixtures)
 from tests.test_sampling import tiny_model
 
@@ -39,11 +39,7 @@ SETTINGS = [("jpeg_case", (1.0, 8, 1.0), None), ("avc_case", (1.0, 8, 1.0), None
 def test_host_draws_sample_the_tokens_full_masks_sample(case, settings, candidates, request):
   case = request.getfixturevalue(case)
   drawn, full = generators(case, SamplingSettings(*settings), candidates)
-  prompts = case[3]
-  a = drawn.generate(prompts, seed=5, max_new_tokens=40)
-  b = full.generate(prompts, seed=5, max_new_tokens=40)
-  assert [g.tokens for g in a] == [g.tokens for g in b]
-  assert sum(len(g.tokens) for g in a) > 40
+  assert_same_tokens(drawn, full, case[3], new=40)
   assert drawn.draws.host_rows > 0
   if candidates is not None:
     assert drawn.draws.full_rows > 0
@@ -53,12 +49,7 @@ def test_host_draws_sample_the_tokens_full_masks_sample(case, settings, candidat
 def test_continuous_batching_with_host_draws_equals_each_prompt_alone(case, request):
   case = request.getfixturevalue(case)
   drawn, full = generators(case, SamplingSettings(1.0, 8, 1.0))
-  prompts = case[3] * 2
-  limits = [30, 12, 20, 25]
-  together = ContinuousBatcher(drawn, slots=2).generate(prompts, seed=2, max_new_tokens=limits)
-  alone = [full.generate([p], seed=2, max_new_tokens=n, indices=[i])[0]
-           for i, (p, n) in enumerate(zip(prompts, limits))]
-  assert [g.tokens for g in together] == [g.tokens for g in alone]
+  assert_continuous_equals_alone(drawn, full, case[3])
   assert drawn.draws.host_rows > 0
 
 

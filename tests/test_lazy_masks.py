@@ -10,10 +10,10 @@ from data_pipeline.media_files import builtin_photos, builtin_videos
 from jpeglm.codecs import AvcCodec, JpegCodec, open_image
 from jpeglm.codecs.h264_grammar import AvcGrammar
 from jpeglm.codecs.jpeg_grammar import JpegGrammar
-from jpeglm.sampling.continuous import ContinuousBatcher
 from jpeglm.sampling.generate import Generator, SamplingSettings
 from jpeglm.sampling.lazy_masks import valid_needed
 from jpeglm.tokenizer import ByteTokenizer
+from tests.sampler_checks import assert_continuous_equals_alone, assert_same_tokens
 from tests.test_sampling import tiny_model
 
 JPEG = JpegCodec(size=64)
@@ -93,11 +93,7 @@ SETTINGS = [((1.0, 8, 0.9), None), ((1.0, 8, 0.9), 10),
 def test_lazy_masks_sample_the_tokens_full_masks_sample(case, settings, candidates, request):
   case = request.getfixturevalue(case)
   lazy, full = generators(case, SamplingSettings(*settings), candidates)
-  prompts = case[3]
-  a = lazy.generate(prompts, seed=5, max_new_tokens=48)
-  b = full.generate(prompts, seed=5, max_new_tokens=48)
-  assert [g.tokens for g in a] == [g.tokens for g in b]
-  assert sum(len(g.tokens) for g in a) > 40
+  assert_same_tokens(lazy, full, case[3], new=48)
   assert lazy.lazy.lazy_rows > 0
   if candidates is not None:
     assert lazy.lazy.full_rows > 0
@@ -107,12 +103,7 @@ def test_lazy_masks_sample_the_tokens_full_masks_sample(case, settings, candidat
 def test_continuous_batching_with_lazy_masks_equals_each_prompt_alone(case, request):
   case = request.getfixturevalue(case)
   lazy, full = generators(case, SamplingSettings(1.0, 8, 0.9))
-  prompts = case[3] * 2
-  limits = [30, 12, 20, 25]
-  together = ContinuousBatcher(lazy, slots=2).generate(prompts, seed=2, max_new_tokens=limits)
-  alone = [full.generate([p], seed=2, max_new_tokens=n, indices=[i])[0]
-           for i, (p, n) in enumerate(zip(prompts, limits))]
-  assert [g.tokens for g in together] == [g.tokens for g in alone]
+  assert_continuous_equals_alone(lazy, full, case[3])
   assert lazy.lazy.lazy_rows > 0
 
 
