@@ -27,9 +27,10 @@ def _slices(stream):
   for nal in h264.split_nals(stream):
     payload = stream[nal.payload_start:nal.end]
     if nal.kind(stream) == h264.NAL_SPS:
-      sps[slices.sps_id(payload)] = h264.parse_sps(payload)
+      s = h264.parse_sps(payload)
+      sps[s.sps_id] = s
     elif nal.kind(stream) == h264.NAL_PPS:
-      p = slices.parse_pps(payload)
+      p = h264.parse_pps(payload)
       pps[p.pps_id] = p
     elif nal.kind(stream) in (h264.NAL_SLICE, h264.NAL_IDR):
       out.append((nal, payload, slices.read_slice_start(payload, sps, pps)))

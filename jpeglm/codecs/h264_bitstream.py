@@ -71,14 +71,21 @@ class BitReader:
     return (1 << zeros) - 1 + self.u(zeros)
 
   def se(self) -> int:
-    k = self.ue()
-    return (k + 1) // 2 if k % 2 else -(k // 2)
+    return se_value(self.ue())
+
+
+def se_value(code_num: int) -> int:
+  """se(v) of an exp-Golomb codeNum (9.1.1): 1, -1, 2, -2, ... for 1, 2, 3, 4, ..."""
+  return (code_num + 1) // 2 if code_num % 2 else -(code_num // 2)
 
 
 @dataclasses.dataclass(frozen=True)
 class Sps:
   profile_idc: int
   level_idc: int
+  constraint_set3: bool  # with level_idc 11 in baseline profile: level 1b
+  sps_id: int
+  chroma_format_idc: int
   width_mbs: int
   height_mbs: int
   frame_mbs_only: bool
@@ -101,11 +108,13 @@ def skip_scaling_list(r: BitReader, size: int) -> None:
 
 
 def parse_sps(payload: bytes) -> Sps:
+  """The SPS fields the project reads (7.3.2.1), `payload` from its NAL header byte."""
   r = BitReader(rbsp(payload[1:]))
   profile = r.u(8)
-  r.u(8)  # constraint flags
+  constraints = r.u(8)
   level = r.u(8)
-  r.ue()  # seq_parameter_set_id
+  sps_id = r.ue()
+  chroma = 1
   if profile in _HIGH_PROFILES:
     chroma = r.ue()
     if chroma == 3:
@@ -130,8 +139,51 @@ def parse_sps(payload: bytes) -> Sps:
   height_units = r.ue() + 1
   frame_mbs_only = bool(r.u(1))
   height_mbs = height_units * (1 if frame_mbs_only else 2)
-  return Sps(profile, level, width_mbs, height_mbs, frame_mbs_only, refs, log2_max_frame_num,
-             poc_type, log2_max_poc_lsb)
+  return Sps(profile, level, bool(constraints & 0x10), sps_id, chroma, width_mbs, height_mbs,
+             frame_mbs_only, refs, log2_max_frame_num, poc_type, log2_max_poc_lsb)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pps:
+  pps_id: int
+  sps_id: int
+  entropy_coding_mode: bool  # CABAC
+  bottom_field_pic_order_in_frame_present: bool
+  num_ref_idx_l0_default: int
+  num_ref_idx_l1_default: int
+  weighted_pred: bool
+  weighted_bipred_idc: int
+  pic_init_qp: int
+  deblocking_filter_control_present: bool
+  redundant_pic_cnt_present: bool
+  has_extension: bool  # transform_8x8_mode_flag and the rest follow
+
+
+def _more_rbsp_data(data: bytes, bit_pos: int) -> bool:
+  """Whether bits other than rbsp_trailing_bits follow `bit_pos` (7.2)."""
+  value = int.from_bytes(data, "big")
+  total = len(data) * 8
+  last_one = total - ((value & -value).bit_length())  # position of the stop bit
+  return bit_pos < last_one
+
+
+def parse_pps(payload: bytes) -> Pps:
+  """The PPS fields the project reads (7.3.2.2), `payload` from its NAL header byte."""
+  data = rbsp(payload[1:])
+  r = BitReader(data)
+  pps_id, sps = r.ue(), r.ue()
+  cabac, bottom_field_poc = bool(r.u(1)), bool(r.u(1))
+  if r.ue():
+    raise CodecError("H.264 PPS with slice groups (FMO): not supported")
+  l0, l1 = r.ue() + 1, r.ue() + 1
+  weighted_pred, bipred = bool(r.u(1)), r.u(2)
+  init_qp = 26 + r.se()
+  r.se(), r.se()  # pic_init_qs_minus26 (SP/SI only), chroma_qp_index_offset
+  deblocking = bool(r.u(1))
+  r.u(1)  # constrained_intra_pred_flag
+  redundant = bool(r.u(1))
+  return Pps(pps_id, sps, cabac, bottom_field_poc, l0, l1, weighted_pred, bipred, init_qp,
+             deblocking, redundant, _more_rbsp_data(data, r.pos))
 
 
 def slice_start(payload: bytes) -> tuple[int, str]:

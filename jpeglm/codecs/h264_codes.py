@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
 
+from jpeglm.codecs.h264_bitstream import se_value
+
 DEAD = 0
 _PREFIX = object()
 
@@ -46,10 +48,6 @@ def se_range(lo: int, hi: int) -> CodeNums:
   return CodeNums([(2 * max(lo, 1) - 1, 2 * hi - 1, 2), (-2 * min(hi, 0), -2 * lo, 2)])
 
 
-def se_value(code_num: int) -> int:
-  return (code_num + 1) // 2 if code_num % 2 else -(code_num // 2)
-
-
 class GolombCode:
   """ue(v)-style code (leading zeros, a 1, as many info bits) over `nums`; leaves decode
   through `decode` (identity for ue, `se_value` for se, a table for me)."""
@@ -70,6 +68,11 @@ class GolombCode:
     return _PREFIX if missing else ("leaf", self.decode(base))
 
 
+def se_code(nums: CodeNums) -> GolombCode:
+  """se(v) over codeNums `nums` (`se_range`), its leaves decoded to signed values."""
+  return GolombCode(nums, se_value)
+
+
 class WordCode:
   """A finite prefix code given as {codeword: value}."""
 
@@ -88,9 +91,9 @@ def fixed_words(n: int, values: Iterable[int]) -> WordCode:
   return WordCode({format(v, f"0{n}b"): v for v in values})
 
 
-def te_code(top: int, values: Iterable[int] | None = None):
+def te_code(top: int):
   """te(v) with range `top` >= 1 (7.4.5.1 ref_idx): one inverted bit when top == 1."""
-  values = range(top + 1) if values is None else list(values)
+  values = range(top + 1)
   if top == 1:
     return WordCode({"1" if v == 0 else "0": v for v in values})
   return GolombCode(ue_values(values))

@@ -58,8 +58,8 @@ class _PieceTrie:
 
 
 class AvcGrammar(ByteGrammar):
-  DONE = DONE
   """Valid continuations of H.264 streams made by `codec`."""
+  DONE = DONE
 
   def __init__(self, codec: AvcCodec):
     if codec.slice_max_mbs != 1:

@@ -34,20 +34,20 @@ _P_PARTITIONS = (1, 2, 2)  # P_L0_16x16, P_L0_L0_16x8, P_L0_L0_8x16
 P_8X8, P_8X8_REF0 = 3, 4
 
 
-def _rem_modes_allowed(blk: int) -> tuple[bool, tuple[int, ...]]:
-  """(prev_intra4x4_pred_mode_flag = 1 allowed, allowed rem_intra4x4_pred_mode values)."""
-  x = (blk // 4 % 2) * 2 + blk % 2
-  y = (blk // 8) * 2 + blk % 4 // 2
+def _rem_modes_allowed(blk: int) -> tuple[int, ...]:
+  """Allowed rem_intra4x4_pred_mode values (prev_intra4x4_pred_mode_flag = 1, the predicted
+  mode, is allowed everywhere)."""
+  x, y = residual.luma_xy(blk)
   if x == 0 and y == 0:
-    return True, ()  # DC only, which is the predicted mode
+    return ()  # DC only, which is the predicted mode
   if y == 0:  # no samples above: horizontal (1), horizontal-up (8) -> rem 1, 7
-    return True, (1, 7)
+    return (1, 7)
   if x == 0:  # no samples to the left: vertical (0), diag-down-left (3), vertical-left (7)
-    return True, (0, 2, 6)
-  return True, tuple(range(8))
+    return (0, 2, 6)
+  return tuple(range(8))
 
 
-_I4_ALLOWED = tuple(_rem_modes_allowed(b) for b in range(16))
+_I4_REMS = tuple(_rem_modes_allowed(b) for b in range(16))
 
 
 def start(is_p: bool, num_refs: int):
@@ -78,11 +78,10 @@ class Macroblock:
       return root(("mb_type P",), lambda: hc.GolombCode(
           hc.ue_values((0, 1, 2, P_8X8, P_8X8_REF0, *(5 + t for t in _I_TYPES)))))
     if tag == I4_FLAG:
-      flag_one, rems = _I4_ALLOWED[s[1]]
-      values = ([1] if flag_one else []) + ([0] if rems else [])
+      values = [1] + ([0] if _I4_REMS[s[1]] else [])
       return root(("u1", *values), lambda: hc.fixed_words(1, values))
     if tag == I4_REM:
-      rems = _I4_ALLOWED[s[1]][1]
+      rems = _I4_REMS[s[1]]
       return root(("u3", rems), lambda: hc.fixed_words(3, rems))
     if tag == CHROMA_PRED:  # DC (0) only
       return root(("ue", 0, 0), lambda: hc.GolombCode(hc.ue_range(0, 0)))
@@ -90,7 +89,7 @@ class Macroblock:
       table = CBP_INTRA if s[1] else CBP_INTER
       return root(("cbp", s[1]), lambda: hc.GolombCode(hc.ue_range(0, 47), table.__getitem__))
     if tag == QP_DELTA:
-      return root(("se", -26, 25), lambda: hc.GolombCode(hc.se_range(-26, 25), hc.se_value))
+      return root(("se", -26, 25), lambda: hc.se_code(hc.se_range(-26, 25)))
     if tag == SUB_TYPE:
       return root(("sub_mb_type", self.sub_types),
                   lambda: hc.GolombCode(hc.ue_values(self.sub_types)))
@@ -98,7 +97,7 @@ class Macroblock:
       top = s[3] - 1
       return root(("te", top), lambda: hc.te_code(top))
     vertical = s[1] % 2
-    return root(("mvd", vertical), lambda: hc.GolombCode(self.mv_ranges[vertical], hc.se_value))
+    return root(("mvd", vertical), lambda: hc.se_code(self.mv_ranges[vertical]))
 
   def after(self, s, value):
     tag = s[0]

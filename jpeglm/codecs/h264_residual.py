@@ -23,7 +23,7 @@ MB_DONE = (49,)  # the macroblock's syntax is over
 _UNAVAILABLE, _EMPTY = -1, -2  # neighbour outside the macroblock / inside but not coded
 
 
-def _luma_xy(blk: int) -> tuple[int, int]:
+def luma_xy(blk: int) -> tuple[int, int]:
   """Position (in 4x4 blocks) of luma4x4BlkIdx `blk` (6.4.3)."""
   return (blk // 4 % 2) * 2 + blk % 2, (blk // 8) * 2 + blk % 4 // 2
 
@@ -37,13 +37,13 @@ def _build_list(intra16: bool, cbp: int) -> tuple:
   luma_pos = {}
   for blk in range(16):
     if cbp >> (blk // 4) & 1:
-      luma_pos[_luma_xy(blk)] = len(blocks) + len(luma_pos)
+      luma_pos[luma_xy(blk)] = len(blocks) + len(luma_pos)
   def neighbour(x, y):
     if x < 0 or y < 0:
       return _UNAVAILABLE
     return luma_pos.get((x, y), _EMPTY)
   for blk in range(16):
-    x, y = _luma_xy(blk)
+    x, y = luma_xy(blk)
     if (x, y) in luma_pos:
       blocks.append((15 if intra16 else 16, neighbour(x - 1, y), neighbour(x, y - 1)))
   chroma = cbp >> 4

@@ -98,10 +98,10 @@ class SliceHeader:
       return root(("u", n, 0), lambda: hc.fixed_words(n, [0]))
     if tag == H_QP_DELTA:
       lo, hi = -ps.pic_init_qp, 51 - ps.pic_init_qp  # SliceQPY in 0..51
-      return root(("se", lo, hi), lambda: hc.GolombCode(hc.se_range(lo, hi), hc.se_value))
+      return root(("se", lo, hi), lambda: hc.se_code(hc.se_range(lo, hi)))
     if tag == H_DEBLOCK_IDC:
       return root(("ue", 0, 2), lambda: hc.GolombCode(hc.ue_range(0, 2)))
-    return root(("se", -6, 6), lambda: hc.GolombCode(hc.se_range(-6, 6), hc.se_value))
+    return root(("se", -6, 6), lambda: hc.se_code(hc.se_range(-6, 6)))
 
   def _diffs(self, refs: int, back: int, idc: int) -> tuple[int, ...]:
     """abs_diff_pic_num_minus1 values that land on a reference picture. `back` is how far the

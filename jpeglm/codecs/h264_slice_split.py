@@ -22,48 +22,10 @@ FIRST_INTRA_MB_TYPE = {P_SLICE: 5, SP_SLICE: 5, B_SLICE: 23}
 
 
 @dataclasses.dataclass(frozen=True)
-class Pps:
-  pps_id: int
-  sps_id: int
-  entropy_coding_mode: bool  # CABAC
-  bottom_field_pic_order_in_frame_present: bool
-  num_ref_idx_l0_default: int
-  num_ref_idx_l1_default: int
-  weighted_pred: bool
-  weighted_bipred_idc: int
-  deblocking_filter_control_present: bool
-  redundant_pic_cnt_present: bool
-
-
-@dataclasses.dataclass(frozen=True)
 class SliceStart:
   slice_type: int  # 0 P, 1 B, 2 I, 3 SP, 4 SI
   header_bits: int  # bits of the slice header in the RBSP (after the NAL header byte)
   intra_mb: bool  # the slice's first macroblock is intra (I slices: always)
-
-
-def sps_id(payload: bytes) -> int:
-  """seq_parameter_set_id of an SPS NAL (`payload` from its header byte)."""
-  r = h264.BitReader(h264.rbsp(payload[1:8]))
-  r.u(24)  # profile_idc, constraint flags, level_idc
-  return r.ue()
-
-
-def parse_pps(payload: bytes) -> Pps:
-  """The PPS fields a slice header depends on (7.3.2.2)."""
-  r = h264.BitReader(h264.rbsp(payload[1:]))
-  pps_id, sps = r.ue(), r.ue()
-  cabac, bottom_field_poc = bool(r.u(1)), bool(r.u(1))
-  if r.ue():
-    raise CodecError("H.264 PPS with slice groups (FMO): not supported")
-  l0, l1 = r.ue() + 1, r.ue() + 1
-  weighted_pred, bipred = bool(r.u(1)), r.u(2)
-  r.se(), r.se(), r.se()  # pic_init_qp_minus26, pic_init_qs_minus26, chroma_qp_index_offset
-  deblocking = bool(r.u(1))
-  r.u(1)  # constrained_intra_pred_flag
-  redundant = bool(r.u(1))
-  return Pps(pps_id, sps, cabac, bottom_field_poc, l0, l1, weighted_pred, bipred, deblocking,
-             redundant)
 
 
 def _ref_pic_list_modification(r: h264.BitReader) -> None:
@@ -102,7 +64,7 @@ def _dec_ref_pic_marking(r: h264.BitReader, idr: bool) -> None:
         r.ue()  # max_long_term_frame_idx_plus1
 
 
-def read_slice_start(payload: bytes, sps_by_id: dict[int, h264.Sps], pps_by_id: dict[int, Pps]
+def read_slice_start(payload: bytes, sps_by_id: dict[int, h264.Sps], pps_by_id: dict[int, h264.Pps]
                      ) -> SliceStart:
   """The header length and first macroblock kind of a slice NAL (`payload` from its header
   byte), given the parameter sets seen so far. Raises CodecError on what it cannot read."""

@@ -48,8 +48,8 @@ class _Huffman:
 
 
 class JpegGrammar(ByteGrammar):
-  DONE = DONE
   """Valid continuations of streams made by `codec` (stripped tables or not)."""
+  DONE = DONE
 
   def __init__(self, codec: JpegCodec):
     # Any image gives the header: it depends only on the codec settings.

@@ -35,10 +35,11 @@ def byte_parts(stream: bytes) -> np.ndarray:
     payload = stream[nal.payload_start:nal.end]
     kind = nal.kind(stream)
     if kind == h264.NAL_SPS:
-      sps_by_id[slices.sps_id(payload)] = h264.parse_sps(payload)
+      sps = h264.parse_sps(payload)
+      sps_by_id[sps.sps_id] = sps
       parts[nal.start:nal.end] = _INDEX["parameter_sets"]
     elif kind == h264.NAL_PPS:
-      pps = slices.parse_pps(payload)
+      pps = h264.parse_pps(payload)
       pps_by_id[pps.pps_id] = pps
       parts[nal.start:nal.end] = _INDEX["parameter_sets"]
     elif kind in (h264.NAL_SLICE, h264.NAL_IDR):
