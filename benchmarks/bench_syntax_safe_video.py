@@ -203,9 +203,9 @@ def main() -> None:
     setting = config.copy_and_resolve_references()
     setting.sample.temperature, setting.sample.top_k = temperature, top_k
     free = build_generator(params, setting, tokenizer, codec, False, mesh)
-    safe = build_generator(params, setting, tokenizer, codec, True, mesh)
-    if args.lazy_masks:
-      safe.draws = None  # the masks over each row's candidates instead (Generator.lazy)
+    # --lazy-masks: masks over each row's candidates instead of host draws (Generator.lazy)
+    safe = build_generator(params, setting, tokenizer, codec, True, mesh,
+                           host_draws=not args.lazy_masks)
     timer = host_timer(safe)  # a fresh AvcGrammar: cold
     compile_s = free.compile(len(prompts), len(prompt), new)
     compile_s += safe.compile(len(prompts), len(prompt), new)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from jpeglm.sampling.generate import Generator, SamplingSettings
-from jpeglm.sampling.host_draws import (HostDraws, PrefixStates, draw_list_sizes,
-                                        host_draws_apply)
+from jpeglm.sampling.host_draws import HostDraws, draw_list_sizes, host_draws_apply
+from jpeglm.sampling.prefix_states import PrefixStates
 from tests.sampler_checks import assert_continuous_equals_alone, assert_same_tokens
 from tests.test_lazy_masks import MAX_LEN, avc_case, jpeg_case  # noqa: F401 (fixtures)
 from tests.test_sampling import tiny_model

@@ -101,8 +101,8 @@ class ContinuousBatcher:
     at = (0, slot, 0, 0, 0)
     cache = dataclasses.replace(
         cache,
-        k=jax.lax.dynamic_update_slice(cache.k, alone.k[:, :, :, :width], at),
-        v=jax.lax.dynamic_update_slice(cache.v, alone.v[:, :, :, :width], at),
+        k=jax.lax.dynamic_update_slice(cache.k, alone.k, at),  # the prefill's `width` slots
+        v=jax.lax.dynamic_update_slice(cache.v, alone.v, at),
         starts_B=cache.starts_B.at[slot].set(start), length=cache.length.at[slot].set(width))
     return Slots(cache, slots.logits_SxV.at[slot].set(logits_1xV[0]),
                  slots.keys_S.at[slot].set(key),
@@ -281,18 +281,18 @@ class ContinuousBatcher:
     while any(jobs):
       live = np.array([job is not None for job in jobs])
       states = [job.state if job else None for job in jobs]
+      # numpy arguments: jit takes them on its fast path (jnp.asarray is a dispatch of its own)
       if g.draws is not None:  # drawn on the host, the states advanced with them
         cands = g._draw(slots.logits_SxV, slots.keys_S, slots.steps_S)
-        token_S = jnp.asarray(g._drawn_tokens(states, ~live, cands, slots.logits_SxV,
-                                              slots.keys_S, slots.steps_S))
+        token_S = g._drawn_tokens(states, ~live, cands, slots.logits_SxV, slots.keys_S,
+                                  slots.steps_S)
       else:  # lazy masks: the slots' candidates, refilled ones included
         top = g._top(slots.logits_SxV) if g.lazy is not None else None
         allowed = g._masks(states, ~live, top)
-        token_S = self._choose(slots.logits_SxV, jnp.asarray(~live), slots.keys_S,
-                               slots.steps_S, jnp.asarray(allowed))
+        token_S = self._choose(slots.logits_SxV, ~live, slots.keys_S, slots.steps_S, allowed)
       # Dispatched before the host reads the tokens: the grammar advances (and, without lazy
       # masks, the next masks are worked out) meanwhile.
-      slots = self._advance(g.params, slots, token_S, jnp.asarray(live))
+      slots = self._advance(g.params, slots, token_S, live)
       self.decode_steps += 1
       for s, t in enumerate(np.asarray(token_S)):
         job = jobs[s]
@@ -321,7 +321,12 @@ def generate_all(generator: Generator, prompts: Sequence[Sequence[int]], seed: i
   sooner: where its longest prompt's context ends)."""
   if continuous:
     slots = max(1, min(batch_size, len(prompts)))  # no idle rows for a short request
-    return ContinuousBatcher(generator, slots).generate(prompts, seed)
+    # One batcher per slot count: its compiled programs serve every later call (eval's seeds
+    # and ratios) instead of compiling again.
+    batcher = generator.batchers.get(slots)
+    if batcher is None:
+      batcher = generator.batchers[slots] = ContinuousBatcher(generator, slots)
+    return batcher.generate(prompts, seed)
   out = []
   for start in range(0, len(prompts), batch_size):
     chunk = prompts[start:start + batch_size]

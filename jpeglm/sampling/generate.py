@@ -85,14 +85,16 @@ class Generator:
   def __init__(self, params: dict, cfg: ModelConfig, eos_id: int, max_len: int,
                settings: SamplingSettings, grammar=None, pieces: Sequence[bytes] | None = None,
                banned: Sequence[int] = (), mesh: jax.sharding.Mesh | None = None,
-               lazy_masks: bool = True, candidates: int | None = None):
+               lazy_masks: bool = True, candidates: int | None = None,
+               host_draws: bool = True):
     """`banned`: ids never generated (unk and bos: neither stands for bytes). `mesh`: the
     mesh the parameters are laid out on; the model's sharding rules then apply.
     `lazy_masks`: syntax-safe draws from each row's candidates where the settings allow:
     made on the host without top-p (`host_draws`; `candidates`: the length of its lists,
     default `host_draws.draw_list_sizes`), else masks over the top `candidates` tokens
-    (default `lazy_masks.candidate_count`); False: full masks always. All give the same
-    tokens."""
+    (default `lazy_masks.candidate_count`); False: full masks always. `host_draws` False:
+    masks over the candidates even without top-p (benchmarks compare the two). All give the
+    same tokens."""
     self.params = params
     base = np.ones(cfg.vocab_size, bool)
     base[list(banned)] = False
@@ -112,23 +114,24 @@ class Generator:
     self._forward = jax.jit(self._forward_impl, donate_argnames=("cache",))
     self._run = jax.jit(self._run_impl, donate_argnames=("cache", "buffer"))
     self._only_eos = np.arange(cfg.vocab_size) == eos_id  # a finished row's mask
-    # Syntax-safe with top-k or greedy: masks over each row's top candidates only.
+    self.batchers: dict = {}  # slots -> its continuous.ContinuousBatcher (`generate_all`)
     needed = valid_needed(settings.temperature, settings.top_k, cfg.vocab_size)
-    self.lazy = None
-    if grammar is not None and needed is not None and lazy_masks:
-      self.lazy = LazyMasks(self.pieces, eos_id, needed, base)
-      self._candidates = candidates or candidate_count(needed, cfg.vocab_size)
-      self._top = jax.jit(self._top_impl)
-      self._forward_top = jax.jit(self._forward_top_impl, donate_argnames=("cache",))
-    # Without top-p the host makes each draw from the row's candidates (fixed batches and
-    # continuous batching alike).
-    self.draws = None
-    if grammar is not None and lazy_masks and host_draws_apply(settings.temperature,
-                                                               settings.top_p):
-      self.draws = HostDraws(self.pieces, needed, base)
-      self._draw_scores, self._draw_m = draw_list_sizes(needed, cfg.vocab_size, candidates)
-      self._draw = jax.jit(self._draw_impl)
-      self._forward_draw = jax.jit(self._forward_draw_impl, donate_argnames=("cache",))
+    self.draws = self.lazy = None
+    if grammar is not None and lazy_masks:
+      usable = base & np.array([bool(p) for p in self.pieces])  # specials stand for no bytes
+      if host_draws and host_draws_apply(settings.temperature, settings.top_p):
+        # The host makes each draw from the row's candidates (fixed batches and continuous
+        # batching alike). Greedy is the walk without top-k: its first valid logit.
+        k = None if settings.temperature <= 0 else needed
+        self.draws = HostDraws(self.pieces, k, usable)
+        self._draw_scores, self._draw_m = draw_list_sizes(k, cfg.vocab_size, candidates)
+        self._draw = jax.jit(self._draw_impl)
+        self._forward_draw = jax.jit(self._forward_draw_impl, donate_argnames=("cache",))
+      elif needed is not None:  # top-p with top-k: masks over each row's top candidates
+        self.lazy = LazyMasks(self.pieces, needed, usable)
+        self._candidates = candidates or candidate_count(needed, cfg.vocab_size)
+        self._top = jax.jit(self._top_impl)
+        self._forward_top = jax.jit(self._forward_top_impl, donate_argnames=("cache",))
 
   def _mesh(self):
     return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
@@ -271,9 +274,16 @@ class Generator:
     step's candidates `top` with lazy masks, else the grammar's full masks; EOS alone for a
     row done, complete or empty."""
     if self.lazy is not None:
-      return self.lazy.masks(self.grammar, states, done, *(np.asarray(x) for x in top))
-    return np.stack([self._only_eos if d or s is None or self.grammar.is_complete(s)
-                     else self.grammar.allowed(s, self.pieces) for s, d in zip(states, done)])
+      values_BxM, ids_BxM = (np.asarray(x) for x in top)
+    allowed_BxV = np.zeros((len(states), self.cfg.vocab_size), bool)
+    for b, (state, d) in enumerate(zip(states, done)):
+      if d or state is None or self.grammar.is_complete(state):
+        allowed_BxV[b] = self._only_eos
+      elif self.lazy is not None:
+        self.lazy.fill_row(allowed_BxV[b], self.grammar, state, values_BxM[b], ids_BxM[b])
+      else:
+        allowed_BxV[b] = self.grammar.allowed(state, self.pieces)
+    return allowed_BxV
 
   def _generate_safe(self, prompts, cache, logits_BxV, keys_B, new):
     grammar, pieces = self.grammar, self.pieces

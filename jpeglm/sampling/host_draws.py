@@ -14,8 +14,8 @@ scores. The host (`HostDraws.pick`) walks the scores in descending order:
     valid): then S itself is worked out over the scaled-logit list (checking tokens in
     descending order until k are valid, and the ties of the k-th), and the draw is S's
     highest score.
-Greedy is the same walk without noise and k = 1; with no top-k every valid token is in S, so
-the first valid score is the draw (a longer score list, no scaled-logit list). A peaked
+With no top-k every valid token is in S, so the first valid score is the draw (a longer score
+list, no scaled-logit list); greedy is that walk without noise: the first valid logit. A peaked
 model's draw is usually its first or second score: one or two grammar checks instead of the
 k valid tokens a mask over the candidates needs (`lazy_masks`). The walk gives up (None: the
 caller then masks with the full mask) where the lists cannot settle the draw: S reaching past
@@ -34,7 +34,8 @@ import numpy as np
 
 from jpeglm.sampling.keys import token_keys
 from jpeglm.sampling.lazy_masks import MIN_CANDIDATES
-from jpeglm.sampling.next_token import NEG_INF
+from jpeglm.sampling.next_token import scaled_logits
+from jpeglm.sampling.prefix_states import PrefixStates
 
 
 def host_draws_apply(temperature: float, top_p: float) -> bool:
@@ -65,9 +66,8 @@ def draw_candidates(logits_BxV: jax.Array, base_allowed_V: jax.Array, keys_B: ja
   packed in two arrays (one transfer each; `unpack` names them): the `scores` highest scores
   (scaled logit + noise), their ids and ranks (tokens with a strictly higher scaled logit; m:
   m or more), and the m highest scaled logits with their ids and scores."""
-  scaled_BxV = jnp.where(base_allowed_V, logits_BxV.astype(jnp.float32), NEG_INF)
+  scaled_BxV = scaled_logits(logits_BxV, base_allowed_V, temperature)
   if temperature > 0:
-    scaled_BxV = scaled_BxV / temperature
     vocab = scaled_BxV.shape[-1]
     # The noise `jax.random.categorical` adds for a [1, V] row (`next_token.choose`).
     noise_BxV = jax.vmap(lambda key: jax.random.gumbel(key, (1, vocab), jnp.float32)[0])(
@@ -95,33 +95,16 @@ def unpack(ints_BxN: np.ndarray, floats_BxN: np.ndarray, m: int) -> dict:
               logit_values=floats_BxN[:, s:s + m], logit_scores=floats_BxN[:, s + m:])
 
 
-class PrefixStates:
-  """A row's grammar state after each token checked this step, prefixes shared: `after(piece)`
-  is the state after `piece`, or None if it breaks the stream."""
-
-  def __init__(self, grammar, state):
-    self.step = grammar.step
-    self.states = {b"": state}
-
-  def after(self, piece: bytes):
-    states = self.states
-    nxt = states.get(piece, states)
-    if nxt is states:
-      before = self.after(piece[:-1])
-      nxt = states[piece] = None if before is None else self.step(before, piece[-1])
-    return nxt
-
-
 class HostDraws:
   """Rows' syntax-safe draws from `draw_candidates`, made on the host where the candidates
   settle them."""
 
-  def __init__(self, pieces: Sequence[bytes], needed: int | None, base_allowed_V: np.ndarray):
-    """`needed`: k of top-k, 1 when greedy, None without top-k (`lazy_masks.valid_needed`)."""
+  def __init__(self, pieces: Sequence[bytes], needed: int | None, usable_V: np.ndarray):
+    """`needed`: k of top-k, None without top-k or greedy. `usable_V`: the tokens that may be
+    drawn at all (not banned, standing for bytes)."""
     self.pieces = list(pieces)
     self.needed = needed
-    self.usable = (np.asarray(base_allowed_V, bool)
-                   & np.array([bool(p) for p in self.pieces])).tolist()
+    self.usable = np.asarray(usable_V, bool).tolist()
     self.host_rows = 0  # draws made here
     self.full_rows = 0  # draws left to the full mask
 

@@ -27,10 +27,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jpeglm.sampling.next_token import NEG_INF
+from jpeglm.sampling.next_token import scaled_logits
+from jpeglm.sampling.prefix_states import PrefixStates
 
 MIN_CANDIDATES = 64
 
@@ -53,49 +53,25 @@ def top_candidates(logits_BxV: jax.Array, base_allowed_V: jax.Array, temperature
                    m: int) -> tuple[jax.Array, jax.Array]:
   """(values [B, M] descending, token ids [B, M]): the M highest logits of each row as
   `filter_logits` sees them (banned tokens at -inf, divided by the temperature)."""
-  scaled_BxV = jnp.where(base_allowed_V, logits_BxV.astype(jnp.float32), NEG_INF)
-  if temperature > 0:
-    scaled_BxV = scaled_BxV / temperature
-  return jax.lax.top_k(scaled_BxV, m)
+  return jax.lax.top_k(scaled_logits(logits_BxV, base_allowed_V, temperature), m)
 
 
 class LazyMasks:
   """Rows of the syntax-safe mask over the candidates only, full masks where needed."""
 
-  def __init__(self, pieces: Sequence[bytes], eos_id: int, needed: int,
-               base_allowed_V: np.ndarray):
+  def __init__(self, pieces: Sequence[bytes], needed: int, usable_V: np.ndarray):
+    """`usable_V`: the tokens that may be drawn at all (not banned, standing for bytes)."""
     self.pieces = list(pieces)
     self.needed = needed
-    self.usable = np.asarray(base_allowed_V, bool) & np.array([bool(p) for p in self.pieces])
-    self.only_eos = np.zeros(len(self.pieces), bool)
-    self.only_eos[eos_id] = True
+    self.usable = np.asarray(usable_V, bool)
     self.lazy_rows = 0  # rows masked over candidates only
     self.full_rows = 0  # rows that needed the full mask
-
-  def masks(self, grammar, states: Sequence, done: Sequence[bool], values_BxM: np.ndarray,
-            ids_BxM: np.ndarray) -> np.ndarray:
-    """The [B, V] mask of every row (`states` of `grammar`; None for an empty slot): EOS
-    alone for a row done, complete or empty."""
-    allowed_BxV = np.zeros((len(states), len(self.pieces)), bool)
-    for b, (state, d) in enumerate(zip(states, done)):
-      if d or state is None or grammar.is_complete(state):
-        allowed_BxV[b] = self.only_eos
-      else:
-        self.fill_row(allowed_BxV[b], grammar, state, values_BxM[b], ids_BxM[b])
-    return allowed_BxV
 
   def fill_row(self, out_V: np.ndarray, grammar, state, values_M: np.ndarray,
                ids_M: np.ndarray) -> None:
     """Sets `out_V` (all False) to the row's mask."""
     pieces, usable, needed = self.pieces, self.usable, self.needed
-    after = {b"": state}  # the state after each prefix of a checked piece (None: invalid)
-
-    def advanced(piece: bytes):
-      nxt = after.get(piece, after)
-      if nxt is after:
-        before = advanced(piece[:-1])
-        nxt = after[piece] = None if before is None else grammar.advance(before, piece[-1:])
-      return nxt
+    advanced = PrefixStates(grammar, state).after  # candidates that share a prefix share it
 
     found, kth, left = 0, None, len(ids_M)
     for value, t in zip(values_M.tolist(), ids_M.tolist()):

@@ -13,14 +13,22 @@ import jax.numpy as jnp
 NEG_INF = -1e30
 
 
-def filter_logits(logits_BxV: jax.Array, temperature: float, top_k: int, top_p: float,
-                  allowed_BxV: jax.Array | None = None) -> jax.Array:
-  """Logits with disallowed and filtered-out tokens at -inf, scaled by 1/temperature."""
+def scaled_logits(logits_BxV: jax.Array, allowed_BxV: jax.Array | None,
+                  temperature: float) -> jax.Array:
+  """float32 logits with disallowed tokens at -inf, divided by the temperature (when above
+  0): what every filter and draw starts from, so that the samplers' values agree bit for bit."""
   logits_BxV = logits_BxV.astype(jnp.float32)
   if allowed_BxV is not None:
     logits_BxV = jnp.where(allowed_BxV, logits_BxV, NEG_INF)
   if temperature > 0:
     logits_BxV = logits_BxV / temperature
+  return logits_BxV
+
+
+def filter_logits(logits_BxV: jax.Array, temperature: float, top_k: int, top_p: float,
+                  allowed_BxV: jax.Array | None = None) -> jax.Array:
+  """Logits with disallowed and filtered-out tokens at -inf, scaled by 1/temperature."""
+  logits_BxV = scaled_logits(logits_BxV, allowed_BxV, temperature)
   vocab = logits_BxV.shape[-1]
   if 0 < top_k < vocab:
     # The min of the k values, not their last: XLA:CPU turns a top_k read only at [:, -1:]

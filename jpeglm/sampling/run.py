@@ -49,8 +49,9 @@ def load_run(workdir: str, config: ml_collections.ConfigDict, step: int | None =
 
 
 def build_generator(params, config: ml_collections.ConfigDict, tokenizer: ByteTokenizer, codec,
-                    syntax_safe: bool, mesh=None) -> Generator:
-  """A sampler over `params` with the config's sampling settings; syntax-safe or free."""
+                    syntax_safe: bool, mesh=None, host_draws: bool = True) -> Generator:
+  """A sampler over `params` with the config's sampling settings; syntax-safe or free
+  (`host_draws`: `Generator`'s)."""
   s = config.sample
   grammar = pieces = None
   if syntax_safe:
@@ -65,7 +66,7 @@ def build_generator(params, config: ml_collections.ConfigDict, tokenizer: ByteTo
                    config.model.max_len,
                    SamplingSettings(float(s.temperature), int(s.top_k), float(s.top_p)),
                    grammar=grammar, pieces=pieces, banned=(tokenizer.unk_id, tokenizer.bos_id),
-                   mesh=mesh)
+                   mesh=mesh, host_draws=host_draws)
 
 
 def make_generator(run: LoadedRun, codec) -> Generator:
