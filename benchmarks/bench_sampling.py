@@ -231,10 +231,9 @@ def safe_vs_free(args, params, cfg, codec, tokenizer, prompt, free, free_seconds
   print("safe/free = cost of a syntax-safe token over a free one (goal: at most 1.5x). "
         "complete: rows whose image finished (EOS) and decodes completely.")
 
-def row_lengths(streams, tokenizer, mean: int, count: int, room: int, seed: int = 0) -> list[int]:
-  """`count` tokens-to-generate like sampled images': the built-in photos' token counts,
+def row_lengths(counts: np.ndarray, mean: int, count: int, room: int, seed: int = 0) -> list[int]:
+  """`count` tokens-to-generate like sampled images': the built-in photos' token `counts`,
   scaled to a mean of `mean`, drawn in a seeded order; at most `room`."""
-  counts = np.array([len(tokenizer.encode(s)) for s in streams], float)
   drawn = np.random.default_rng(seed).choice(counts, count) * mean / counts.mean()
   return [int(min(room, max(1, round(x)))) for x in drawn]
 
@@ -252,9 +251,10 @@ def continuous_vs_fixed(args, params, cfg, streams, tokenizer, prompt) -> None:
   print(f"{'batch':>5s} {'fixed tok/s':>12s} {'cont tok/s':>11s} {'speed-up':>9s} "
         f"{'fixed steps':>12s} {'cont steps':>11s} {'bound share':>12s} {'protocol h':>11s} "
         f"{'at bound h':>11s}")
+  photo_tokens = np.array([len(tokenizer.encode(s)) for s in streams], float)
   for batch in [int(b) for b in args.batches.split(",") if b]:
     count = batch * args.prompts_per_slot
-    lengths = row_lengths(streams, tokenizer, args.new_tokens, count, cfg.max_len - len(prompt))
+    lengths = row_lengths(photo_tokens, args.new_tokens, count, cfg.max_len - len(prompt))
     prompts = [prompt] * count
     # Fixed batches in order, each to its longest row; compiled beforehand, every cache size.
     groups = [lengths[i:i + batch] for i in range(0, count, batch)]

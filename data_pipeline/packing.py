@@ -86,7 +86,7 @@ class FinishBatch(grain.transforms.Map):
     targets_BxL = batch["targets"].astype(np.int32)
     weights_BxL = (batch["segment_ids"] > 0).astype(np.float32)
     bytes_BxL = self.piece_lengths[targets_BxL] * (weights_BxL > 0)
-    return batch_spec.conform({  # the arrays and dtypes of jpeglm.training.batch_spec
+    return batch_spec.conform({  # the arrays and dtypes of data_pipeline.batch_spec
         "inputs": batch["inputs"], "targets": targets_BxL,
         "segment_ids": batch["segment_ids"], "positions": batch["positions"],
         "weights": weights_BxL, "target_tokens": weights_BxL.sum(axis=1),

@@ -17,7 +17,7 @@ import grain
 import numpy as np
 from array_record.python import array_record_module
 
-from jpeglm.runtime.files import read_json as read_json_file
+from jpeglm.runtime import files
 from jpeglm.errors import JpeglmError
 
 META_FILE = "meta.json"
@@ -43,7 +43,7 @@ def read_meta(shard_dir: str) -> dict[str, Any]:
   path = os.path.join(shard_dir, META_FILE)
   if not os.path.isfile(path):
     raise JpeglmError(f"{path} is missing: ArrayRecord sources must be written by jpeglm prepare")
-  meta = read_json_file(path)
+  meta = files.read_json(path)
   missing = [k for k in ("token_dtype", "tokenizer_sha256") if k not in meta]
   if missing:
     raise JpeglmError(f"{path} is damaged: it has no {missing[0]}")

@@ -63,8 +63,12 @@ class ItemFilter:
       return False
     if self.eval_fraction <= 0:
       return True
-    name = _relative(str(item.get("name", "")), self.name_root)
-    return (is_held_out(name, self.eval_fraction, self.seed)) == (self.split == "eval")
+    return self.held_out(str(item.get("name", ""))) == (self.split == "eval")
+
+  def held_out(self, name: str) -> bool:
+    """Whether the item named `name` belongs to the eval split."""
+    return self.eval_fraction > 0 and is_held_out(_relative(name, self.name_root),
+                                                  self.eval_fraction, self.seed)
 
 
 def _relative(name: str, root: str) -> str:
@@ -288,9 +292,7 @@ def split_counts(files: list[str], reader: Reader, item_filter: ItemFilter
   counts = {"train": 0, "eval": 0}
   for path in files:
     for name in reader.names(path):
-      held_out = item_filter.eval_fraction > 0 and is_held_out(
-          _relative(name, item_filter.name_root), item_filter.eval_fraction, item_filter.seed)
-      counts["eval" if held_out else "train"] += 1
+      counts["eval" if item_filter.held_out(name) else "train"] += 1
   return counts
 
 

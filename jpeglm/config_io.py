@@ -19,7 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jpeglm.errors import ConfigError
-from jpeglm.runtime.files import read_json as read_json_file
+from jpeglm.runtime import files
 
 OVERRIDE_PREFIX = "--config."
 
@@ -133,7 +133,6 @@ def default_config(arg: str = "") -> ml_collections.ConfigDict:
 
 
 def save_config(config: ml_collections.ConfigDict, path: str) -> None:
-  from jpeglm.runtime import files
   # Written whole: the other processes of a run read what process 0 writes.
   files.write_bytes(path, (config.to_json(indent=2, sort_keys=True) + "\n").encode())
 
@@ -144,10 +143,9 @@ RUN_SECTIONS = ("codec", "tokenizer", "data", "model", "train")
 
 
 def read_config(path: str) -> ml_collections.ConfigDict:
-  from jpeglm.runtime import files
   if not files.exists(path):
     raise ConfigError(f"no config at {path}: is this a jpeglm workdir?")
-  value = read_json_file(path)
+  value = files.read_json(path)
   for section in RUN_SECTIONS:
     if not isinstance(value.get(section), dict):
       raise ConfigError(f"{path} is damaged: its '{section}' section is "

@@ -1,27 +1,20 @@
 """The decode-step memory floor and the protocol's hours against numbers worked by hand."""
 
-import dataclasses
-
 import pytest
 
 from configs.jpeglm import get_config
 from jpeglm.fit import chips, decode_bound
+from jpeglm.model.transformer import ModelConfig
 
 
-@dataclasses.dataclass
-class Shape:  # the fields the calculator reads from config.model / ModelConfig
-  d_model: int = 4
-  n_heads: int = 2
-  n_kv_heads: int = 1
-  d_ff: int = 8
-  n_layers: int = 2
-  vocab_size: int = 10
-  param_dtype: str = "bfloat16"
-  dtype: str = "bfloat16"
+def tiny_shape() -> ModelConfig:
+  """A model small enough to count by hand, in bfloat16."""
+  return ModelConfig(vocab_size=10, d_model=4, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=8,
+                     max_len=16, param_dtype="bfloat16", dtype="bfloat16")
 
 
 def test_bytes_per_step_by_hand():
-  m = Shape()
+  m = tiny_shape()
   # Per layer: q, k, v, o = 4 x 2 x (2 x 2 + 2 x 1) = 48, MLP 3 x 4 x 8 = 96; two layers
   # 288, the head 4 x 10 = 40: 328 parameters, 656 bytes in bfloat16.
   assert decode_bound.weight_bytes(m) == 656
@@ -39,9 +32,8 @@ def test_bytes_per_step_by_hand():
 def test_the_1b_floor_is_the_issues_0_7_ms_on_an_h100():
   model = get_config("size=1b").model
   assert decode_bound.matmul_params(model) == 1_131_020_288
-  bf16 = Shape(**{**{f.name: model[f.name] for f in dataclasses.fields(Shape)},
-                  "param_dtype": "bfloat16"})
-  floor = decode_bound.step_floor(bf16, [0], chips.hbm_bandwidth("h100"))
+  model.param_dtype = "bfloat16"
+  floor = decode_bound.step_floor(model, [0], chips.hbm_bandwidth("h100"))
   assert floor.seconds == pytest.approx(2 * 1_131_020_288 / 3.35e12)  # 0.675 ms
 
 
@@ -56,7 +48,7 @@ def test_protocol_tokens_and_hours():
   assert paper.hours(1_300) == pytest.approx(114_750_000 / 1_300 / 3600)  # 24.5 h
   # Contexts 1.25, 1.5, 1.75 x 2,550, weighted by the tokens each ratio generates.
   assert paper.mean_context() == pytest.approx((0.75 * 3187.5 + 0.5 * 3825 + 0.25 * 4462.5) / 1.5)
-  m = Shape()
+  m = tiny_shape()
   assert paper.floor_hours(m, 2, 100.0) == pytest.approx(
       paper.hours(decode_bound.tokens_per_second_bound(m, 2, paper.mean_context(), 100.0)))
 
@@ -71,7 +63,7 @@ def test_chip_bandwidths():
 
 
 def test_protocol_estimate_at_a_measured_speed():
-  m = Shape()
+  m = tiny_shape()
   at = decode_bound.protocol_estimate(m, tokens_per_s=1_000.0, batch=2, tokens_per_image=100,
                                       bandwidth=100.0)
   paper = decode_bound.Protocol(tokens_per_image=100)

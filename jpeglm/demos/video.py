@@ -142,14 +142,14 @@ def train(out: str, config) -> dict:
 def continue_clip(out: str, config, clip: str, num_samples: int) -> dict:
   """Samples both ways from the trained run; validity and PSNR/SSIM per way."""
   from jpeglm.codecs import make_codec
-  from jpeglm.evaluation.video_quality import continuation_scores
+  from jpeglm.evaluation.video_quality import baseline_scores, continuation_scores
   from jpeglm.sampling import video_files
   from jpeglm.sampling.run import sample_from_workdir
 
   workdir = os.path.join(out, "run")
   codec = make_codec(config.codec)
   truth = codec.decode(codec.encode(clip)).frames
-  results = {}
+  results = {"baseline_repeat_last_frame": baseline_scores(truth, PROMPT_FRAMES)}
   for mode, syntax_safe in MODES.items():
     target = os.path.join(out, "samples", mode)
     began = time.perf_counter()
@@ -171,8 +171,6 @@ def continue_clip(out: str, config, clip: str, num_samples: int) -> dict:
         "psnr": float(np.mean([s["psnr"] for s in scores])),
         "ssim": float(np.mean([s["ssim"] for s in scores])),
         "seconds": time.perf_counter() - began, "grid": os.path.join(target, "grid.png")}
-    results["baseline_repeat_last_frame"] = {"psnr": scores[0]["baseline_psnr"],
-                                             "ssim": scores[0]["baseline_ssim"]}
     m = results[mode]
     print(f"[sample] {mode:12s} {m['valid']}/{m['total']} valid ({m['out_of_context']} ran out "
           f"of the {config.model.max_len}-token context); frames decoded "
@@ -184,13 +182,13 @@ def continue_clip(out: str, config, clip: str, num_samples: int) -> dict:
 def held_out_bits(out: str, config, clip: str) -> dict:
   from jpeglm.codecs import make_codec
   from jpeglm.evaluation import avc_stream_parts
-  from jpeglm.evaluation.bits_per_byte import token_bits
+  from jpeglm.evaluation.bits_per_byte import bits_per_byte, token_bits
   from jpeglm.sampling.run import load_run
 
   run = load_run(os.path.join(out, "run"), config)
   stream = make_codec(config.codec).encode(clip)
   bits = token_bits(config, run.params, run.tokenizer, [stream])
-  return {"bits_per_byte": float(bits[0].sum() / len(stream)),
+  return {"bits_per_byte": bits_per_byte(config, run.params, [stream], run.tokenizer, bits=bits),
           "by_part": avc_stream_parts.bits_by_part(run.tokenizer, [stream], bits)}
 
 

@@ -41,11 +41,6 @@ from jpeglm.sampling import media
 from jpeglm.sampling.continuous import generate_all
 from jpeglm.sampling.run import load_run, make_generator
 
-# Kept for fixed batches keyed by seed + offset (video_protocol); image completions draw
-# with per-image keys (jpeglm.sampling.keys), which never meet across seeds.
-SEED_STRIDE = 1_000_003
-
-
 @dataclasses.dataclass
 class Completions:
   images: list[Image.Image | None]
@@ -153,11 +148,10 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict, images_source: str
 
   tokens = sum(s["tokens_generated"] for r in results for s in r["per_seed"])
   rate = tokens / max(sum(s["seconds"] for r in results for s in r["per_seed"]), 1e-9)
-  estimate = decode_bound.protocol_estimate(
-      config.model, rate, batch_size, float(np.mean([len(run.tokenizer.encode(s)) + 2
-                                                     for s in streams])),
+  bits = token_bits(config, run.params, run.tokenizer, streams)  # one pass, three figures
+  estimate = decode_bound.protocol_estimate(  # a stream's tokens, BOS and EOS: its bits + 1
+      config.model, rate, batch_size, float(np.mean([len(b) + 1 for b in bits])),
       chips.hbm_bandwidth(jax.devices()[0].device_kind))
-  bits = token_bits(config, run.params, run.tokenizer, streams)  # one pass, two figures
   report = {
       "workdir": workdir, "step": run.step, "images": images_source,
       "num_images": num_images, "image_files": [p["name"] if isinstance(p, dict) else p for p in paths], "seeds": list(seeds),

@@ -30,8 +30,8 @@ from jpeglm.codecs import AvcCodec, make_codec
 from jpeglm.errors import ConfigError, JpeglmError
 from jpeglm.evaluation import avc_stream_parts
 from jpeglm.evaluation.bits_per_byte import bits_per_byte, token_bits
-from jpeglm.evaluation.protocol import SEED_STRIDE, pick_files
-from jpeglm.evaluation.video_quality import continuation_scores
+from jpeglm.evaluation.protocol import pick_files
+from jpeglm.evaluation.video_quality import baseline_scores, continuation_scores
 from jpeglm.sampling import media, video_files
 from jpeglm.sampling.continuous import generate_all
 from jpeglm.sampling.run import build_generator, load_run
@@ -41,6 +41,10 @@ MODES = {"free": False, "syntax_safe": True}
 GRID_ROWS = 8
 NOTE = ("{n} clips: PSNR/SSIM of a few clips are noisy; the baseline repeats the last prompt "
         "frame, which a model must beat to have learned motion")
+
+# Seeds are spread out as they were when batches were keyed by seed + offset; prompts now
+# draw with per-prompt keys (jpeglm.sampling.keys), and the stride keeps earlier runs' samples.
+SEED_STRIDE = 1_000_003
 
 
 def pick_videos(source: str, num_videos: int, seed: int) -> list[str]:
@@ -68,13 +72,8 @@ def _continue_clips(generator, tokenizer, codec: AvcCodec, streams: Sequence[byt
                 "decoder_errors": len(decoded.errors), "ended_with_eos": g.ended_with_eos,
                 "tokens_generated": len(g.tokens), "seconds": seconds,
                 "frames": decoded.frames or [],
-                **_scores(decoded.frames or [], truth, prompt_frames)})
+                **continuation_scores(decoded.frames or [], truth, prompt_frames)})
   return out
-
-
-def _scores(frames: list[np.ndarray], truth: list[np.ndarray], prompt_frames: int) -> dict:
-  scores = continuation_scores(frames, truth, prompt_frames)
-  return {k: scores[k] for k in ("psnr", "ssim", "frames_continued")}
 
 
 def _summary(samples: list[dict]) -> dict:
@@ -119,7 +118,7 @@ def evaluate_videos(workdir: str, config: ml_collections.ConfigDict, videos_sour
     raise JpeglmError(f"{', '.join(short)}: {prompt_frames} frames or fewer at the codec's "
                       "fps, nothing left to continue")
 
-  repeated = [continuation_scores(t, t, prompt_frames) for t in truths]
+  repeated = [baseline_scores(t, prompt_frames) for t in truths]
   modes = {}
   for mode, syntax_safe in MODES.items():
     generator = build_generator(run.params, config, run.tokenizer, codec, syntax_safe,
@@ -151,8 +150,8 @@ def evaluate_videos(workdir: str, config: ml_collections.ConfigDict, videos_sour
       "bits_per_byte": bits_per_byte(config, run.params, streams, run.tokenizer, bits=bits),
       "bits_by_part": avc_stream_parts.bits_by_part(run.tokenizer, streams, bits),
       "baseline_repeat_last_frame": {
-          "psnr": float(np.mean([r["baseline_psnr"] for r in repeated])),
-          "ssim": float(np.mean([r["baseline_ssim"] for r in repeated]))},
+          "psnr": float(np.mean([r["psnr"] for r in repeated])),
+          "ssim": float(np.mean([r["ssim"] for r in repeated]))},
       "modes": modes, "note": NOTE.format(n=num_videos),
       "seconds": round(time.perf_counter() - began, 1)}
   with open(os.path.join(out, "eval.json"), "w") as f:

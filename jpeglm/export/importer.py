@@ -25,11 +25,12 @@ import numpy as np
 from jpeglm.training import checkpointing
 from jpeglm.training import optimizer as opt_lib
 from jpeglm.training import run_setup
-from jpeglm.config_io import apply_overrides, default_config, read_json_file
+from jpeglm.config_io import apply_overrides, default_config
 from jpeglm.errors import JpeglmError
 from jpeglm.export import hf_layout
 from jpeglm.export.shards import HfWeights
 from jpeglm.model.transformer import DTYPES, ModelConfig
+from jpeglm.runtime import files
 from jpeglm.tokenizer import ByteTokenizer
 
 ROTARY_BUFFERS = ("rotary_emb.inv_freq",)  # saved by old transformers; recomputed here
@@ -145,4 +146,4 @@ def _read_json(folder: str, name: str) -> dict:
   path = os.path.join(folder, name)
   if not os.path.isfile(path):
     raise JpeglmError(f"{folder} has no {name}: not a Hugging Face model folder")
-  return read_json_file(path)
+  return files.read_json(path)

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from jpeglm.config_io import read_json_file
 from jpeglm.errors import JpeglmError
+from jpeglm.runtime import files
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -96,17 +96,17 @@ class HfWeights:
   def __init__(self, hf_dir: str):
     index_path = os.path.join(hf_dir, INDEX)
     if os.path.exists(index_path):
-      weight_map = read_json_file(index_path).get("weight_map")
+      weight_map = files.read_json(index_path).get("weight_map")
       if not isinstance(weight_map, dict):
         raise JpeglmError(f"{index_path} is damaged: it has no weight_map")
-      files = sorted(set(map(str, weight_map.values())))
+      shard_files = sorted(set(map(str, weight_map.values())))
     elif os.path.exists(os.path.join(hf_dir, SINGLE)):
-      files = [SINGLE]
+      shard_files = [SINGLE]
     else:
       raise JpeglmError(f"{hf_dir} has no {SINGLE} or {INDEX} (only safetensors weights are "
                         "read; convert .bin files with transformers first)")
     self.files = {}  # name -> file, from the files' own headers (an index may be stale)
-    for name in files:
+    for name in shard_files:
       path = os.path.join(hf_dir, name)
       if not os.path.exists(path):
         raise JpeglmError(f"{hf_dir}: {name}, listed in {INDEX}, is missing")

@@ -177,6 +177,11 @@ def _set_up(config, workdir: str, is_main: bool) -> _Setup:
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, run_setup.CHECKPOINT_DIR), keep=train.keep_checkpoints)
   checkpointer.check_writable()
+  # Counted on every process, so that all of them refuse together, before any compute.
+  sizes = pipeline.split_sizes(config)
+  if sizes.eval == 0 and train.eval_every > 0:
+    raise JpeglmError(f"{sizes.line}: no items to evaluate on; raise data.eval_fraction, name "
+                      "data.eval_source, or set train.eval_every=0")
   built = train_step.build(config, mesh)
   state, start_step, data_state, resumed = _restore_or_init(config, mesh, built, checkpointer)
   batches = _train_iterator(config, tokenizer)
@@ -188,11 +193,7 @@ def _set_up(config, workdir: str, is_main: bool) -> _Setup:
           f"in {workdir}: {sum(x.size for x in jax.tree.leaves(state['params'])):,} parameters, "
           f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es); attention "
           f"{model_cfg.attention_kernel}, remat {model_cfg.remat}, {model_cfg.dtype}")
-    sizes = pipeline.split_sizes(config)
     print(sizes.line, flush=True)
-    if sizes.eval == 0 and train.eval_every > 0:
-      raise JpeglmError(f"{sizes.line}: no items to evaluate on; raise data.eval_fraction, name "
-                        "data.eval_source, or set train.eval_every=0")
   return _Setup(mesh, tokenizer, checkpointer, built, state, start_step, batches)
 
 
